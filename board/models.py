@@ -1,0 +1,179 @@
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.utils import timezone
+
+
+class Severity(models.IntegerChoices):
+    SEV1 = 1, "SEV1 (critical)"
+    SEV2 = 2, "SEV2 (major)"
+    SEV3 = 3, "SEV3 (minor)"
+    SEV4 = 4, "SEV4 (low)"
+
+
+class RunMode(models.TextChoices):
+    PULL = "pull", "Pull"
+    PUSH = "push", "Push"
+    HYBRID = "hybrid", "Hybrid"
+
+
+class RunState(models.TextChoices):
+    ACTIVE = "active", "Active"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Run(models.Model):
+    """One launch of a runbook for one incident. Steps are copied into items at launch, so
+    editing or re-importing the runbook never changes a running run."""
+
+    runbook = models.ForeignKey("checklists.Runbook", on_delete=models.PROTECT, related_name="runs")
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="runs")
+    title = models.CharField(max_length=200)
+    severity = models.PositiveSmallIntegerField(choices=Severity.choices, default=Severity.SEV3)
+    ref = models.CharField("incident reference", max_length=200, blank=True)
+    mode = models.CharField(max_length=8, choices=RunMode.choices, default=RunMode.PULL)
+    state = models.CharField(max_length=12, choices=RunState.choices, default=RunState.ACTIVE)
+    lease_duration = models.DurationField(default=timedelta(minutes=15))
+    max_attempts = models.PositiveIntegerField(default=3)
+    launched_at = models.DateTimeField(default=timezone.now)
+    launched_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="+",
+    )
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["severity", "launched_at", "id"]
+        indexes = [models.Index(fields=["state", "team"], name="run_state_team")]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ItemState(models.TextChoices):
+    WAITING = "waiting", "Waiting"
+    AVAILABLE = "available", "Available"
+    CLAIMED = "claimed", "Claimed"
+    DONE = "done", "Done"
+    SKIPPED = "skipped", "Skipped"
+    STUCK = "stuck", "Stuck"
+
+
+OPEN_STATES = (ItemState.WAITING, ItemState.AVAILABLE, ItemState.CLAIMED, ItemState.STUCK)
+FINISHED_STATES = (ItemState.DONE, ItemState.SKIPPED)
+
+
+class Item(models.Model):
+    """One card on the board. `token` is the fencing token: every claim increments it, and
+    complete/abandon/extend must present the current value."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="items")
+    step = models.ForeignKey(
+        "checklists.Step", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    position = models.PositiveIntegerField(help_text="1-based, in runbook order")
+    key = models.CharField(max_length=100)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    section = models.CharField(max_length=500, blank=True)
+    section_note = models.TextField(blank=True)
+    state = models.CharField(max_length=12, choices=ItemState.choices, default=ItemState.AVAILABLE)
+    prerequisites = models.ManyToManyField(
+        "self", symmetrical=False, related_name="dependents", blank=True
+    )
+    holder = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="held_items",
+    )
+    token = models.PositiveBigIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "position"], name="item_position"),
+            # One holder: a claimed item always has exactly one, no other state has any.
+            models.CheckConstraint(
+                condition=(
+                    models.Q(state="claimed", holder__isnull=False,
+                             lease_expires_at__isnull=False)
+                    | (~models.Q(state="claimed") & models.Q(holder__isnull=True))
+                ),
+                name="item_holder_iff_claimed",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "run", "position"], name="item_pool"),
+            models.Index(fields=["state", "lease_expires_at"], name="item_lease"),
+            models.Index(fields=["holder", "state"], name="item_holder"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.title}"
+
+
+class CheckpointKind(models.TextChoices):
+    LAUNCHED = "launched"
+    CLAIMED = "claimed"
+    EXTENDED = "extended"
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+    EXPIRED = "expired"
+    STUCK = "stuck"
+    REQUEUED = "requeued"
+    SKIPPED = "skipped"
+    REASSIGNED = "reassigned"
+    RESET = "reset"
+    RUN_COMPLETED = "run_completed"
+    RUN_CANCELLED = "run_cancelled"
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise PermissionDenied("Checkpoints are append-only: they are never updated.")
+
+    def delete(self):
+        raise PermissionDenied("Checkpoints are append-only: they are never deleted.")
+
+
+class Checkpoint(models.Model):
+    """One append-only event of a run's trail. Rows are only ever inserted: the queryset, the
+    model and (in the migration) database triggers refuse updates and deletes."""
+
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="checkpoints")
+    item = models.ForeignKey(
+        Item, null=True, blank=True, on_delete=models.PROTECT, related_name="checkpoints"
+    )
+    kind = models.CharField(max_length=16, choices=CheckpointKind.choices)
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="+",
+    )
+    actor_name = models.CharField(max_length=150, help_text="snapshot at the time of the event")
+    token = models.PositiveBigIntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "id"]
+        indexes = [models.Index(fields=["run", "id"], name="checkpoint_trail")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.actor_name}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionDenied("Checkpoints are append-only: they are never updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionDenied("Checkpoints are append-only: they are never deleted.")

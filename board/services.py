@@ -1,0 +1,428 @@
+"""Every write and state transition of runs and items.
+
+Transitions are compare-and-set statements (`filter(state=…, token=…).update(…)` or one
+conditional UPDATE for claims) followed by exactly one checkpoint in the same transaction, so
+the board and its trail never disagree. Celery timers are enqueued only after commit.
+"""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, F, Value, When
+from django.utils import timezone
+
+from accounts.access import Capability, teams_for
+from accounts.models import Team, User
+from board.errors import ClaimLost, InvalidInput, NotAvailable, NothingToClaim, WipLimitReached
+from board.models import (
+    FINISHED_STATES,
+    Checkpoint,
+    CheckpointKind,
+    Item,
+    ItemState,
+    Run,
+    RunMode,
+    RunState,
+)
+from checklists.models import Runbook
+
+log = logging.getLogger(__name__)
+
+TIMER_ACTOR = "lease timer"
+
+
+# --- Checkpoints ----------------------------------------------------------------------------
+
+
+def checkpoint_append(
+    *,
+    run_id: int,
+    kind: str,
+    actor: User | None,
+    item_id: int | None = None,
+    token: int | None = None,
+    reason: str = "",
+    data: dict | None = None,
+    at: datetime | None = None,
+) -> Checkpoint:
+    return Checkpoint.objects.create(
+        run_id=run_id,
+        item_id=item_id,
+        kind=kind,
+        at=at or timezone.now(),
+        actor=actor,
+        actor_name=actor.display_name if actor else TIMER_ACTOR,
+        token=token,
+        reason=reason,
+        data=data or {},
+    )
+
+
+# --- Launch ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def run_launch(
+    *,
+    runbook: Runbook,
+    title: str,
+    actor: User | None,
+    severity: int = 3,
+    ref: str = "",
+    team: Team | None = None,
+    mode: str = RunMode.PULL,
+) -> Run:
+    """Copy the runbook's steps into a new run's items; items with prerequisites wait."""
+    title = title.strip()
+    if not title:
+        raise InvalidInput("A run needs a title.")
+    if severity not in (1, 2, 3, 4):
+        raise InvalidInput("Severity must be 1 (critical) to 4 (low).")
+    run = Run.objects.create(
+        runbook=runbook,
+        team=team or runbook.team,
+        title=title,
+        severity=severity,
+        ref=ref.strip(),
+        mode=mode,
+        lease_duration=runbook.lease_duration,
+        max_attempts=runbook.max_attempts,
+        launched_by=actor,
+    )
+    steps = list(runbook.steps.order_by("position").prefetch_related("prerequisites"))
+    items = Item.objects.bulk_create(
+        Item(
+            run=run,
+            step=step,
+            position=step.position,
+            key=step.key,
+            title=step.title,
+            body=step.body,
+            section=step.section,
+            section_note=step.section_note,
+            state=ItemState.WAITING if step.prerequisites.all() else ItemState.AVAILABLE,
+        )
+        for step in steps
+    )
+    item_by_step = {step.pk: item for step, item in zip(steps, items, strict=True)}
+    Through = Item.prerequisites.through
+    Through.objects.bulk_create(
+        Through(from_item_id=item_by_step[step.pk].pk, to_item_id=item_by_step[pre.pk].pk)
+        for step in steps
+        for pre in step.prerequisites.all()
+    )
+    checkpoint_append(
+        run_id=run.pk,
+        kind=CheckpointKind.LAUNCHED,
+        actor=actor,
+        data={
+            "runbook": runbook.slug,
+            "version": runbook.version,
+            "items": len(items),
+            "severity": severity,
+            "ref": run.ref,
+            "mode": mode,
+        },
+    )
+    return run
+
+
+# --- Claims ---------------------------------------------------------------------------------
+
+
+def _wip_limit() -> int:
+    return settings.WIP_LIMIT
+
+
+def _lock_claimant(actor: User) -> None:
+    """Serialise one person's claims so two tabs cannot both pass the WIP check.
+
+    SQLite needs nothing: IMMEDIATE transactions already run one writer at a time.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id FROM accounts_user WHERE id = %s FOR UPDATE", [actor.pk])
+
+
+def _check_wip(actor: User) -> None:
+    held = Item.objects.filter(holder=actor, state=ItemState.CLAIMED).count()
+    if held >= _wip_limit():
+        raise WipLimitReached(
+            f"You already hold {held} claims (the limit is {_wip_limit()}): "
+            "complete or abandon one first."
+        )
+
+
+_CANDIDATES_SQL = """
+    SELECT c.id FROM board_item c JOIN board_run cr ON cr.id = c.run_id
+    WHERE c.state = 'available' AND cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
+    ORDER BY cr.severity, cr.launched_at, cr.id, c.position
+    LIMIT 1
+"""
+
+
+def _claim_statement(*, actor: User, now: datetime, team_ids: list[int], run_id: int | None,
+                     item_id: int | None) -> tuple[int, int] | None:
+    """One conditional UPDATE that takes the next available item (or the named one).
+
+    PostgreSQL skips rows other transactions have locked, so concurrent claimers each get a
+    different item without waiting; SQLite serialises writers (BEGIN IMMEDIATE), so the
+    re-check of `state` in the UPDATE is enough. Returns (item id, token) or None.
+    """
+    params: list = []
+    placeholders = ", ".join(["%s"] * len(team_ids))
+    if item_id is not None:
+        run_filter = "AND c.id = %s"
+        extra = [item_id]
+    elif run_id is not None:
+        run_filter = "AND c.run_id = %s"
+        extra = [run_id]
+    else:
+        run_filter, extra = "", []
+    candidates = _CANDIDATES_SQL.format(teams=placeholders, run_filter=run_filter)
+    if connection.vendor == "postgresql":
+        sql = f"""
+            UPDATE board_item AS i
+            SET state = 'claimed', holder_id = %s, token = i.token + 1, claimed_at = %s,
+                lease_expires_at = %s + r.lease_duration
+            FROM board_run r
+            WHERE r.id = i.run_id AND i.id = ({candidates} FOR UPDATE OF c SKIP LOCKED)
+            RETURNING i.id, i.token
+        """
+        params = [actor.pk, now, now, *team_ids, *extra]
+    else:
+        sql = f"""
+            UPDATE board_item
+            SET state = 'claimed', holder_id = %s, token = token + 1, claimed_at = %s,
+                lease_expires_at = %s
+            WHERE id = ({candidates}) AND state = 'available'
+            RETURNING id, token
+        """
+        # SQLite cannot add a duration to a timestamp in SQL; the placeholder lease is
+        # replaced below, inside the same transaction, with the item's run's lease.
+        params = [actor.pk, now, now, *team_ids, *extra]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> Item:
+    team_ids = list(teams_for(actor, Capability.WORK).values_list("pk", flat=True))
+    if not team_ids:
+        raise NothingToClaim("You are not staff on any team, so there is nothing to claim.")
+    now = timezone.now()
+    with transaction.atomic():
+        _lock_claimant(actor)
+        _check_wip(actor)
+        claimed = _claim_statement(
+            actor=actor, now=now, team_ids=team_ids,
+            run_id=run.pk if run else None, item_id=item.pk if item else None,
+        )
+        if claimed is None:
+            if item is not None:
+                raise NotAvailable(_not_available_message(item.pk))
+            raise NothingToClaim("Nothing is available to claim right now.")
+        item_id, token = claimed
+        claimed_item = Item.objects.select_related("run").get(pk=item_id)
+        if connection.vendor != "postgresql":
+            claimed_item.lease_expires_at = now + claimed_item.run.lease_duration
+            Item.objects.filter(pk=item_id).update(lease_expires_at=claimed_item.lease_expires_at)
+        checkpoint_append(
+            run_id=claimed_item.run_id, kind=CheckpointKind.CLAIMED, actor=actor,
+            item_id=item_id, token=token, at=now,
+            data={"lease_expires_at": claimed_item.lease_expires_at.isoformat()},
+        )
+        _schedule_expiry(claimed_item)
+    return claimed_item
+
+
+def item_claim_next(*, actor: User, run: Run | None = None) -> Item:
+    """Claim the next available item: highest severity, then oldest run, then position."""
+    return _claim(actor=actor, run=run)
+
+
+def item_claim(*, item: Item, actor: User) -> Item:
+    """Claim one named item, if it is still in the pool."""
+    return _claim(actor=actor, item=item)
+
+
+def _not_available_message(item_id: int) -> str:
+    item = Item.objects.select_related("holder").filter(pk=item_id).first()
+    if item is None:
+        return "That item no longer exists."
+    if item.state == ItemState.CLAIMED:
+        return f"“{item.title}” is already held by {item.holder.display_name}."
+    if item.state == ItemState.WAITING:
+        return f"“{item.title}” is waiting for its prerequisites."
+    return f"“{item.title}” is {item.get_state_display().lower()}, not available."
+
+
+def _schedule_expiry(item: Item) -> None:
+    from board.tasks import expire_claim
+
+    item_id, token, eta = item.pk, item.token, item.lease_expires_at
+
+    def enqueue() -> None:
+        try:
+            expire_claim.apply_async((item_id, token), eta=eta)
+        except Exception:  # noqa: BLE001 - a broker outage must not fail the claim
+            # The periodic sweep, or the next claim after the grace period, expires it.
+            log.warning("could not schedule the lease timer for item %s", item_id, exc_info=True)
+
+    transaction.on_commit(enqueue)
+
+
+# --- Holder actions -------------------------------------------------------------------------
+
+
+def _stale_token_message(item_id: int, token: int, actor: User) -> str:
+    """Say what became of a claim whose token is no longer the live one."""
+    item = Item.objects.select_related("holder").filter(pk=item_id).first()
+    if item is None:
+        return "That item no longer exists."
+    last_end = (
+        Checkpoint.objects.filter(
+            item_id=item_id, token=token,
+            kind__in=[CheckpointKind.EXPIRED, CheckpointKind.STUCK, CheckpointKind.ABANDONED,
+                      CheckpointKind.COMPLETED],
+        )
+        .order_by("-id")
+        .first()
+    )
+    why = ""
+    if last_end and last_end.kind in (CheckpointKind.EXPIRED, CheckpointKind.STUCK) and \
+            last_end.actor is None:
+        local = timezone.localtime(last_end.at)
+        why = f"Your lease ran out at {local:%H:%M} ({local:%Z}). "
+    elif last_end and last_end.kind == CheckpointKind.ABANDONED:
+        why = "That claim was abandoned. "
+    if item.state == ItemState.CLAIMED and item.holder_id == actor.pk and item.token != token:
+        return why + "You have claimed this item again since; reload to act on the new claim."
+    if item.state == ItemState.CLAIMED:
+        return why + f"“{item.title}” is now held by {item.holder.display_name}."
+    if item.state == ItemState.AVAILABLE:
+        return why + f"“{item.title}” is back in the pool."
+    if item.state == ItemState.DONE:
+        return why + f"“{item.title}” is already done."
+    return why + f"“{item.title}” is now {item.get_state_display().lower()}."
+
+
+@transaction.atomic
+def item_complete(*, item_id: int, token: int, actor: User, note: str = "") -> Item:
+    """Finish a claimed item. The holder's token must still be the live one; a lease that ran
+    out but was not taken by anyone is still the holder's to complete."""
+    now = timezone.now()
+    changed = Item.objects.filter(
+        pk=item_id, state=ItemState.CLAIMED, token=token, holder=actor
+    ).update(state=ItemState.DONE, holder=None, lease_expires_at=None, finished_at=now)
+    if changed != 1:
+        raise ClaimLost(_stale_token_message(item_id, token, actor))
+    item = Item.objects.select_related("run").get(pk=item_id)
+    checkpoint_append(
+        run_id=item.run_id, kind=CheckpointKind.COMPLETED, actor=actor, item_id=item_id,
+        token=token, reason=note.strip(), at=now,
+        data={"unlocked": _unlock_dependents(item)},
+    )
+    _complete_run_if_finished(item.run, now=now)
+    return item
+
+
+def _unlock_dependents(item: Item) -> list[int]:
+    """Make available the waiting items whose last open prerequisite was `item`."""
+    ready = list(
+        item.dependents.filter(state=ItemState.WAITING)
+        .exclude(prerequisites__state__in=[s for s in ItemState if s not in FINISHED_STATES])
+        .values_list("pk", flat=True)
+    )
+    if ready:
+        Item.objects.filter(pk__in=ready, state=ItemState.WAITING).update(
+            state=ItemState.AVAILABLE
+        )
+    return sorted(ready)
+
+
+def _complete_run_if_finished(run: Run, *, now: datetime) -> None:
+    if run.items.exclude(state__in=FINISHED_STATES).exists():
+        return
+    if Run.objects.filter(pk=run.pk, state=RunState.ACTIVE).update(
+        state=RunState.COMPLETED, completed_at=now
+    ):
+        checkpoint_append(run_id=run.pk, kind=CheckpointKind.RUN_COMPLETED, actor=None, at=now)
+
+
+def _release(*, item_id: int, token: int, filters: dict, now: datetime) -> Item | None:
+    """Return a live claim to the pool, or to the stuck lane when its attempts are used up."""
+    item = Item.objects.select_related("run").filter(pk=item_id).first()
+    if item is None:
+        return None
+    changed = Item.objects.filter(
+        pk=item_id, state=ItemState.CLAIMED, token=token, **filters
+    ).update(
+        state=Case(
+            When(attempts__gte=item.run.max_attempts - 1, then=Value(ItemState.STUCK)),
+            default=Value(ItemState.AVAILABLE),
+        ),
+        attempts=F("attempts") + 1,
+        holder=None,
+        lease_expires_at=None,
+        claimed_at=None,
+    )
+    if changed != 1:
+        return None
+    item.refresh_from_db(fields=["state", "attempts", "holder", "lease_expires_at"])
+    return item
+
+
+@transaction.atomic
+def item_abandon(*, item_id: int, token: int, actor: User, reason: str) -> Item:
+    """Give a claim back with a reason; too many attempts send the item to the stuck lane."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("Say why you are abandoning this item: a reason is required.")
+    now = timezone.now()
+    item = _release(item_id=item_id, token=token, filters={"holder": actor}, now=now)
+    if item is None:
+        raise ClaimLost(_stale_token_message(item_id, token, actor))
+    stuck = item.state == ItemState.STUCK
+    checkpoint_append(
+        run_id=item.run_id,
+        kind=CheckpointKind.STUCK if stuck else CheckpointKind.ABANDONED,
+        actor=actor, item_id=item_id, token=token, reason=reason, at=now,
+        data={"attempts": item.attempts, **({"cause": "abandoned"} if stuck else {})},
+    )
+    return item
+
+
+@transaction.atomic
+def item_expire(*, item_id: int, token: int, now: datetime | None = None) -> Item | None:
+    """The lease timer: release the claim with this token if it is still live and its lease
+    has really passed. A stale timer (completed, abandoned, re-claimed, extended) does
+    nothing and returns None."""
+    now = now or timezone.now()
+    item = _release(item_id=item_id, token=token, filters={"lease_expires_at__lte": now}, now=now)
+    if item is None:
+        return None
+    stuck = item.state == ItemState.STUCK
+    checkpoint_append(
+        run_id=item.run_id,
+        kind=CheckpointKind.STUCK if stuck else CheckpointKind.EXPIRED,
+        actor=None, item_id=item_id, token=token, at=now,
+        data={"attempts": item.attempts, **({"cause": "expired"} if stuck else {})},
+    )
+    return item
+
+
+def leases_sweep(*, now: datetime | None = None, grace: timedelta = timedelta(0)) -> int:
+    """Expire every claim whose lease passed more than `grace` ago; returns how many."""
+    now = now or timezone.now()
+    expired = 0
+    stale = Item.objects.filter(
+        state=ItemState.CLAIMED, lease_expires_at__lte=now - grace
+    ).values_list("pk", "token")
+    for item_id, token in stale.iterator(chunk_size=500):
+        if item_expire(item_id=item_id, token=token, now=now) is not None:
+            expired += 1
+    return expired

@@ -1,0 +1,19 @@
+"""Celery tasks: thin adapters that take ids and tokens, call one service and say what they
+did. Each is idempotent: a redelivered or stale timer finds nothing to do."""
+
+from celery import shared_task
+
+from board.services import item_expire, leases_sweep
+
+
+@shared_task(name="board.tasks.expire_claim")
+def expire_claim(item_id: int, token: int) -> str:
+    item = item_expire(item_id=item_id, token=token)
+    if item is None:
+        return f"item {item_id} token {token}: claim no longer live, nothing to do"
+    return f"item {item_id} token {token}: lease ran out, now {item.state}"
+
+
+@shared_task(name="board.tasks.sweep_expired_leases")
+def sweep_expired_leases() -> str:
+    return f"expired {leases_sweep()} stale claims"

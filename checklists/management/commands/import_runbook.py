@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from accounts.services import team_get_or_create
+from checklists.services import RunbookFormatError, runbook_import
+
+
+class Command(BaseCommand):
+    help = "Import a runbook from a Markdown or YAML file as a new version of its slug."
+
+    def add_arguments(self, parser):
+        parser.add_argument("path")
+        parser.add_argument("--team", default=None, help="owning team slug (created if missing)")
+
+    def handle(self, *args, path, team, **options):
+        source = Path(path)
+        try:
+            data = source.read_bytes()
+        except OSError as error:
+            raise CommandError(f"{path}: cannot read the file ({error.strerror})") from None
+        try:
+            # One transaction: a refused file leaves no trace, not even a new team.
+            with transaction.atomic():
+                owner = team_get_or_create(slug=team or settings.DEFAULT_TEAM_SLUG)
+                runbook, warnings = runbook_import(data=data, filename=source.name, team=owner)
+        except (RunbookFormatError, ValueError) as error:
+            raise CommandError(f"{source.name}: {error}") from None
+        for warning in warnings:
+            self.stderr.write(f"warning: {source.name}: {warning}")
+        self.stdout.write(
+            f"imported {runbook.slug} v{runbook.version}: {runbook.steps.count()} steps"
+        )

@@ -31,6 +31,8 @@ from checklists.models import Runbook
 log = logging.getLogger(__name__)
 
 TIMER_ACTOR = "lease timer"
+# The name recorded for actions taken by a management command (no user behind them).
+CLI_ACTOR = "command line"
 
 
 # --- Checkpoints ----------------------------------------------------------------------------
@@ -46,14 +48,17 @@ def checkpoint_append(
     reason: str = "",
     data: dict | None = None,
     at: datetime | None = None,
+    actor_name: str | None = None,
 ) -> Checkpoint:
+    """Append one event to a run's trail. `actor_name` overrides the snapshot for events with
+    no user behind them that are not the lease timer's (a management command)."""
     return Checkpoint.objects.create(
         run_id=run_id,
         item_id=item_id,
         kind=kind,
         at=at or timezone.now(),
         actor=actor,
-        actor_name=actor.display_name if actor else TIMER_ACTOR,
+        actor_name=actor_name or (actor.display_name if actor else TIMER_ACTOR),
         token=token,
         reason=reason,
         data=data or {},
@@ -73,6 +78,7 @@ def run_launch(
     ref: str = "",
     team: Team | None = None,
     mode: str = RunMode.PULL,
+    actor_name: str | None = None,
 ) -> Run:
     """Copy the runbook's steps into a new run's items; items with prerequisites wait."""
     title = title.strip()
@@ -117,6 +123,7 @@ def run_launch(
         run_id=run.pk,
         kind=CheckpointKind.LAUNCHED,
         actor=actor,
+        actor_name=actor_name,
         data={
             "runbook": runbook.slug,
             "version": runbook.version,

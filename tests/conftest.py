@@ -5,7 +5,6 @@ are skipped otherwise, except with CI=true, where a missing service fails the ru
 """
 
 import os
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -149,10 +148,14 @@ def make_run(db, make_runbook, manager):
 
 
 @pytest.fixture
-def celery_folder(settings, tmp_path):
-    """A private filesystem-broker folder, empty at start."""
-    folder = Path(settings.CELERY_FILESYSTEM_FOLDER)
-    shutil.rmtree(folder, ignore_errors=True)
-    for sub in ("queue", "control"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    return folder
+def celery_worker_process(transactional_db, tmp_path):
+    """A real `celery worker` subprocess on the test database and the configured broker."""
+    from tests.processes import CeleryProcess, purge_broker
+
+    purge_broker()
+    worker = CeleryProcess("worker", tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()

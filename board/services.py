@@ -333,7 +333,7 @@ def item_complete(*, item_id: int, token: int, actor: User, note: str = "") -> I
         token=token, reason=note.strip(), at=now,
         data={"unlocked": _unlock_dependents(item)},
     )
-    _complete_run_if_finished(item.run, now=now)
+    _complete_run_if_finished(item.run, actor=actor, now=now)
     return item
 
 
@@ -351,13 +351,14 @@ def _unlock_dependents(item: Item) -> list[int]:
     return sorted(ready)
 
 
-def _complete_run_if_finished(run: Run, *, now: datetime) -> None:
+def _complete_run_if_finished(run: Run, *, actor: User | None, now: datetime) -> None:
+    """Close the run when its last open item finishes; credited to whoever finished it."""
     if run.items.exclude(state__in=FINISHED_STATES).exists():
         return
     if Run.objects.filter(pk=run.pk, state=RunState.ACTIVE).update(
         state=RunState.COMPLETED, completed_at=now
     ):
-        checkpoint_append(run_id=run.pk, kind=CheckpointKind.RUN_COMPLETED, actor=None, at=now)
+        checkpoint_append(run_id=run.pk, kind=CheckpointKind.RUN_COMPLETED, actor=actor, at=now)
 
 
 def _release(*, item_id: int, token: int, filters: dict, now: datetime) -> Item | None:

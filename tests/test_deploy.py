@@ -1,0 +1,33 @@
+"""Production settings pass Django's deployment checklist, and bad settings fail loudly."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+PRODUCTION_ENV = {
+    "DEBUG": "false",
+    "PULLBOARD_HTTPS": "true",
+    "SECRET_KEY": "x7!" + "k" * 20 + "Q9@z" + "r" * 30,
+    "ALLOWED_HOSTS": "pullboard.example.com",
+}
+
+
+def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=120, env={**os.environ, **env},
+    )
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    done = _manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "no issues" in done.stdout
+
+
+def test_a_bad_boolean_setting_fails_at_start_with_its_name():
+    done = _manage("check", env={**PRODUCTION_ENV, "DEBUG": "maybe"})
+    assert done.returncode != 0
+    assert "DEBUG must be true or false" in done.stderr

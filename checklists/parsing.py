@@ -24,14 +24,25 @@ Decisions the import rules leave open (callers and tests rely on them):
 * When front matter gives the description, the text before the first section becomes the
   note of the steps before the first section; with no such step it is dropped (with a
   warning) because front matter wins.
-* A list item whose first line is empty after its marker and checkbox is titled
-  "Untitled step" (with a warning); an item with no content at all is skipped.
+* A list item whose first line is empty after its marker and checkbox but which has more
+  lines is titled "Untitled step"; an item holding nothing (or only a checkbox) is
+  skipped. Both with a warning naming the line.
 * Phased flow: sections are grouped by heading occurrence, not by name (two headings with
   the same text are two phases). A step with no predecessor inside its section waits for
   every step of the previous non-empty section. YAML steps form one phase per run of
   consecutive steps with the same ``section``.
 * Link reference definitions (``[label]: url``) are document-wide in Markdown, so the
-  definitions a body, note or description uses are appended to it; each renders alone.
+  definitions a step's title or body (or a note, or the description) uses are appended to
+  that text; each is rendered on its own later.
+* A list item that opens with code or a quote instead of a line of text takes its title
+  from its first line of text (or code); its whole content is the body.
+* A ``---`` first line that is never closed is not front matter: the file is plain
+  Markdown (CommonMark reads it as a thematic break).
+* Lengths stay within the model fields: slug at most 100 characters (cut at a hyphen),
+  section names at most 500 (cut, with a warning), YAML ids at most 100 (else an error),
+  the runbook title one line of at most 200 (cut like a step title, with a warning).
+* YAML: when any step has ``after``, those lists are the prerequisites and ``flow`` is
+  kept as declared but not applied.
 """
 
 from __future__ import annotations
@@ -67,6 +78,9 @@ YAML_STEP_KEYS = ("id", "title", "body", "section", "after", "estimate_minutes")
 LIST_TYPES = ("bullet_list", "ordered_list")
 CHECKBOXES = ("[ ]", "[x]", "[X]")
 
+# Only the block structure matters: titles and bodies are source text, so inline parsing is
+# switched off. That also keeps 1 MB of pathological inline input ("[[[[…", "**_**_…") from
+# taking tens of seconds.
 _MARKDOWN = MarkdownIt("commonmark").use(front_matter_plugin).enable("table").disable("inline")
 
 

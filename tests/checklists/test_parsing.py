@@ -249,6 +249,31 @@ def test_prometheus_kube_persistent_volume_filling_up_hand_count():
     assert runbook.steps[3].section == "Mitigation / Data retention"
 
 
+def test_gitlab_deleted_project_restore_hand_count():
+    # Line 1 is the title H1. Line 3 "# You should not perform this action!" is a later H1:
+    # a section with prose only -> 1 step (SOURCES.md estimates about 43; by the rules this
+    # one counts, and every "##" below nests under it). Introduction 1, Background 1,
+    # Part 1: 3 numbered (33-35); Special procedure: 3 + 2 numbered (50-52, 56-57);
+    # Restore full database backup: 11 numbered (68, 70-78, 81) + 5 (85-93); Export
+    # project: 2 (110-111); Part 2: prose only 1; Restoring from Disk Snapshot: 10
+    # numbered (233-259); Part 3: prose 1; "# Troubleshooting" is empty (straight to
+    # "##"), its three sub-sections are prose, 3.
+    # 1+1+1+3+5+16+2+1+10+1+3 = 44.
+    runbook = parse_shared("gitlab-deleted-project-restore.md")
+    assert runbook.title == "Deleted Project Restoration"
+    assert len(runbook.steps) == 44
+    assert titles(runbook)[:4] == [
+        "You should not perform this action!",
+        "Introduction",
+        "Background",
+        "Restore a full database backup and perform point-in-time recovery (PITR)",
+    ]
+    assert runbook.steps[-1].section == (
+        "Troubleshooting / Copying the Git repository results in a bad fsck or non-working "
+        "repository"
+    )
+
+
 def test_kubernetes_mixin_alert_runbooks_hand_count():
     # Read through: every list line is a column-0 "+" bullet directly under a "#####"
     # alert (or under the last "##"), there are no other list markers and no prose-only
@@ -391,7 +416,8 @@ def test_description_is_the_text_before_the_first_section():
 
 def test_title_heading_is_left_out_of_the_text_around_it():
     runbook = parse_md("Before.\n\n# Title\n\nAfter.\n\n## S\n- a\n\n# Late\nMore.\n")
-    assert runbook.description == "Before.\n\n\n\n\nAfter."
+    assert runbook.title == "Title"
+    assert runbook.description.split() == ["Before.", "After."]
     # Only the first H1 is the title; a later one opens a section.
     assert runbook.steps[-1].section == "Late"
 
@@ -540,6 +566,23 @@ def test_empty_list_item_is_skipped_with_a_warning():
     assert titles(runbook) == ["a", "b"]
     assert [step.key for step in runbook.steps] == ["1", "2"]
     assert runbook.warnings == ["line 2: empty list item ignored"]
+
+
+def test_item_with_only_a_checkbox_is_skipped_and_one_without_a_first_line_is_untitled():
+    runbook = parse_md("- [ ]\n- [x]\n  details below\n- b\n")
+    assert [(s.title, s.body) for s in runbook.steps] == [
+        ("Untitled step", "details below"),
+        ("b", ""),
+    ]
+    assert runbook.warnings == [
+        "line 1: empty list item ignored",
+        "line 2: list item has no title; titled 'Untitled step'",
+    ]
+
+
+def test_item_opening_with_a_quote_keeps_it_in_the_body():
+    step = parse_md("- > Careful: prod\n  > only\n").steps[0]
+    assert (step.title, step.body) == ("Careful: prod", "> Careful: prod\n> only")
 
 
 def test_item_opening_with_code_takes_its_title_from_the_code():

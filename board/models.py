@@ -38,6 +38,10 @@ class Run(models.Model):
     state = models.CharField(max_length=12, choices=RunState.choices, default=RunState.ACTIVE)
     lease_duration = models.DurationField(default=timedelta(minutes=15))
     max_attempts = models.PositiveIntegerField(default=3)
+    max_lease = models.DurationField(default=timedelta(hours=1))
+    wip_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="overrides the WIP_LIMIT setting for this run"
+    )
     launched_at = models.DateTimeField(default=timezone.now)
     launched_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,

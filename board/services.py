@@ -95,6 +95,8 @@ def run_launch(
         mode=mode,
         lease_duration=runbook.lease_duration,
         max_attempts=runbook.max_attempts,
+        max_lease=runbook.max_lease or 4 * runbook.lease_duration,
+        wip_limit=runbook.wip_limit,
         launched_by=actor,
     )
     steps = list(runbook.steps.order_by("position").prefetch_related("prerequisites"))
@@ -139,10 +141,6 @@ def run_launch(
 # --- Claims ---------------------------------------------------------------------------------
 
 
-def _wip_limit() -> int:
-    return settings.WIP_LIMIT
-
-
 def _lock_claimant(actor: User) -> None:
     """Serialise one person's claims so two tabs cannot both pass the WIP check.
 
@@ -153,30 +151,51 @@ def _lock_claimant(actor: User) -> None:
             cursor.execute("SELECT id FROM accounts_user WHERE id = %s FOR UPDATE", [actor.pk])
 
 
-def _check_wip(actor: User) -> None:
-    held = Item.objects.filter(holder=actor, state=ItemState.CLAIMED).count()
-    if held >= _wip_limit():
-        raise WipLimitReached(
-            f"You already hold {held} claims (the limit is {_wip_limit()}): "
-            "complete or abandon one first."
-        )
+def _live_claims(actor: User) -> int:
+    return Item.objects.filter(holder=actor, state=ItemState.CLAIMED).count()
+
+
+def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
+                 item_id: int | None) -> WipLimitReached | None:
+    """When the pool had items for this user but every one sat in a run whose WIP limit the
+    user has reached, say so instead of "nothing available"."""
+    if not held:
+        return None
+    pool = Item.objects.filter(
+        state=ItemState.AVAILABLE, run__state=RunState.ACTIVE, run__team_id__in=team_ids
+    )
+    if item_id is not None:
+        pool = pool.filter(pk=item_id)
+    elif run_id is not None:
+        pool = pool.filter(run_id=run_id)
+    blocked = pool.select_related("run").first()
+    if blocked is None:
+        return None
+    limit = blocked.run.wip_limit or settings.WIP_LIMIT
+    return WipLimitReached(
+        f"You already hold {held} claim{'s' if held != 1 else ''} (the limit is {limit}): "
+        "complete or abandon one first."
+    )
 
 
 _CANDIDATES_SQL = """
     SELECT c.id FROM board_item c JOIN board_run cr ON cr.id = c.run_id
     WHERE c.state = 'available' AND cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
+      AND %s < COALESCE(cr.wip_limit, %s)
     ORDER BY cr.severity, cr.launched_at, cr.id, c.position
     LIMIT 1
 """
 
 
 def _claim_statement(*, actor: User, now: datetime, team_ids: list[int], run_id: int | None,
-                     item_id: int | None) -> tuple[int, int] | None:
+                     item_id: int | None, held: int) -> tuple[int, int] | None:
     """One conditional UPDATE that takes the next available item (or the named one).
 
     PostgreSQL skips rows other transactions have locked, so concurrent claimers each get a
     different item without waiting; SQLite serialises writers (BEGIN IMMEDIATE), so the
-    re-check of `state` in the UPDATE is enough. Returns (item id, token) or None.
+    re-check of `state` in the UPDATE is enough. Only runs whose WIP limit (the run's own,
+    else the WIP_LIMIT setting) is above `held`, the claimant's live claims, are candidates.
+    Returns (item id, token) or None.
     """
     params: list = []
     placeholders = ", ".join(["%s"] * len(team_ids))
@@ -198,7 +217,7 @@ def _claim_statement(*, actor: User, now: datetime, team_ids: list[int], run_id:
             WHERE r.id = i.run_id AND i.id = ({candidates} FOR UPDATE OF c SKIP LOCKED)
             RETURNING i.id, i.token
         """
-        params = [actor.pk, now, now, *team_ids, *extra]
+        params = [actor.pk, now, now, *team_ids, *extra, held, settings.WIP_LIMIT]
     else:
         sql = f"""
             UPDATE board_item
@@ -209,7 +228,7 @@ def _claim_statement(*, actor: User, now: datetime, team_ids: list[int], run_id:
         """
         # SQLite cannot add a duration to a timestamp in SQL; the placeholder lease is
         # replaced below, inside the same transaction, with the item's run's lease.
-        params = [actor.pk, now, now, *team_ids, *extra]
+        params = [actor.pk, now, now, *team_ids, *extra, held, settings.WIP_LIMIT]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -223,12 +242,14 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
     now = timezone.now()
     with transaction.atomic():
         _lock_claimant(actor)
-        _check_wip(actor)
-        claimed = _claim_statement(
-            actor=actor, now=now, team_ids=team_ids,
-            run_id=run.pk if run else None, item_id=item.pk if item else None,
-        )
+        held = _live_claims(actor)
+        scope = {"team_ids": team_ids, "run_id": run.pk if run else None,
+                 "item_id": item.pk if item else None}
+        claimed = _claim_statement(actor=actor, now=now, held=held, **scope)
         if claimed is None:
+            refusal = _wip_refusal(held=held, **scope)
+            if refusal is not None:
+                raise refusal
             if item is not None:
                 raise NotAvailable(_not_available_message(item.pk))
             raise NothingToClaim("Nothing is available to claim right now.")

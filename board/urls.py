@@ -1,4 +1,19 @@
-from django.urls import path
+from django.urls import path, re_path
+
+from board import views
 
 app_name = "board"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.board, name="board"),
+    path("claim-next/", views.claim_next, name="claim_next"),
+    path("items/<int:item_id>/claim/", views.item_claim, name="item_claim"),
+    path("items/<int:item_id>/complete/", views.item_complete, name="item_complete"),
+    path("items/<int:item_id>/abandon/", views.item_abandon, name="item_abandon"),
+    path("runs/new/", views.launch, name="launch"),
+    path("runs/<int:run_id>/", views.run_detail, name="run"),
+    re_path(
+        r"^runs/(?P<run_id>[0-9]+)/trail\.(?P<fmt>csv|jsonl)$",
+        views.trail_export,
+        name="trail_export",
+    ),
+]

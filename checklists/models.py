@@ -22,6 +22,12 @@ class Runbook(models.Model):
     flow = models.CharField(max_length=16, choices=Flow.choices, default=Flow.PHASED)
     lease_duration = models.DurationField(default=timedelta(minutes=15))
     max_attempts = models.PositiveIntegerField(default=3)
+    max_lease = models.DurationField(
+        null=True, blank=True, help_text="longest a claim may be extended to (default 4 leases)"
+    )
+    wip_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="live claims per person in this runbook's runs"
+    )
     source_name = models.CharField(max_length=255, blank=True)
     imported_at = models.DateTimeField(auto_now_add=True)
     imported_by = models.ForeignKey(

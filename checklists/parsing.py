@@ -73,7 +73,10 @@ UNTITLED_STEP = "Untitled step"
 UNTITLED_SECTION = "Untitled section"
 
 # Keys shared by Markdown front matter and the top level of a YAML runbook.
-SETTING_KEYS = ("title", "slug", "description", "flow", "lease_minutes", "max_attempts")
+SETTING_KEYS = (
+    "title", "slug", "description", "flow", "lease_minutes", "max_attempts",
+    "max_lease_minutes", "wip_limit",
+)
 YAML_STEP_KEYS = ("id", "title", "body", "section", "after", "estimate_minutes")
 LIST_TYPES = ("bullet_list", "ordered_list")
 CHECKBOXES = ("[ ]", "[x]", "[X]")
@@ -109,6 +112,8 @@ class ParsedRunbook:
     max_attempts: int | None
     steps: list[ParsedStep]
     warnings: list[str]
+    max_lease_minutes: int | None = None  # longest a claim may be extended to (default 4 leases)
+    wip_limit: int | None = None  # live claims one person may hold in this runbook's runs
 
 
 def parse_runbook(data: bytes, filename: str) -> ParsedRunbook:
@@ -201,6 +206,8 @@ class _Settings:
     flow: str = "phased"
     lease_minutes: int | None = None
     max_attempts: int | None = None
+    max_lease_minutes: int | None = None
+    wip_limit: int | None = None
 
 
 def _read_settings(
@@ -234,6 +241,10 @@ def _read_settings(
         values.get("lease_minutes"), "lease_minutes", where
     )
     settings.max_attempts = _positive_int_field(values.get("max_attempts"), "max_attempts", where)
+    settings.max_lease_minutes = _positive_int_field(
+        values.get("max_lease_minutes"), "max_lease_minutes", where
+    )
+    settings.wip_limit = _positive_int_field(values.get("wip_limit"), "wip_limit", where)
     return settings
 
 
@@ -504,6 +515,8 @@ def _parse_markdown_runbook(text: str, filename: str) -> ParsedRunbook:
         max_attempts=settings.max_attempts,
         steps=steps,
         warnings=warnings,
+        max_lease_minutes=settings.max_lease_minutes,
+        wip_limit=settings.wip_limit,
     )
 
 
@@ -766,6 +779,8 @@ def _parse_yaml_runbook(text: str, filename: str) -> ParsedRunbook:
         max_attempts=settings.max_attempts,
         steps=steps,
         warnings=warnings,
+        max_lease_minutes=settings.max_lease_minutes,
+        wip_limit=settings.wip_limit,
     )
 
 

@@ -42,6 +42,10 @@ def _store(parsed: ParsedRunbook, *, filename: str, team: Team, actor: User | No
             else settings.DEFAULT_LEASE
         ),
         max_attempts=parsed.max_attempts or settings.DEFAULT_MAX_ATTEMPTS,
+        max_lease=(
+            timedelta(minutes=parsed.max_lease_minutes) if parsed.max_lease_minutes else None
+        ),
+        wip_limit=parsed.wip_limit,
         source_name=filename[-255:],
         imported_by=actor,
     )

@@ -1,0 +1,25 @@
+"""Small template helpers for the page chrome (navigation depends on what the user may do)."""
+
+from django import template
+
+from accounts.access import Capability, teams_for
+
+register = template.Library()
+
+
+@register.simple_tag
+def user_manages_a_team(user) -> bool:
+    """True when the user may launch runs and import runbooks on at least one team."""
+    return teams_for(user, Capability.MANAGE).exists()
+
+
+@register.filter
+def minutes(duration) -> str:
+    """A lease length as people say it: "15 min", "2 h", "1 h 30 min"."""
+    if duration is None:
+        return ""
+    total = int(duration.total_seconds() // 60)
+    hours, mins = divmod(total, 60)
+    if hours and mins:
+        return f"{hours} h {mins} min"
+    return f"{hours} h" if hours else f"{mins} min"

@@ -1,0 +1,336 @@
+"""The board, a run's page, launch and trail export.
+
+Views are thin: parse, fetch through accounts.access (404 outside the user's teams, 403 when
+visible but not allowed), call one service, render. Domain errors become responses in one
+place, `board_action`: for htmx the flash fragment with the error's status (409/422), for a
+plain form post a message and a 303 back to the page the form came from.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import wraps
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render, resolve_url
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from accounts import access
+from accounts.access import Capability
+from board import services, trail
+from board.errors import BoardError, InvalidInput
+from board.forms import AbandonForm, ClaimActionForm, LaunchForm
+from board.models import FINISHED_STATES, Item, ItemState, Run, RunState
+from checklists.forms import latest_versions
+
+# The lanes of a run on the board, in the order they are shown; done and skipped are counts.
+LANES = (
+    (ItemState.AVAILABLE, "Available"),
+    (ItemState.WAITING, "Waiting"),
+    (ItemState.CLAIMED, "Claimed"),
+    (ItemState.STUCK, "Stuck"),
+)
+
+TRAIL_CONTENT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "jsonl": "application/jsonl; charset=utf-8",
+}
+
+
+class HttpResponseSeeOther(HttpResponseRedirect):
+    status_code = 303
+
+
+def is_partial(request: HttpRequest) -> bool:
+    return bool(request.htmx and not request.htmx.boosted)
+
+
+# --- Errors, in one place -------------------------------------------------------------------
+
+
+def render_flash(request: HttpRequest, message: str, status: int) -> HttpResponse:
+    """The flash fragment carrying an error, swapped into #flash whatever the form targeted."""
+    response = render(request, "base.html#flash", {"error": message}, status=status)
+    response["HX-Retarget"] = "#flash"
+    response["HX-Reswap"] = "outerHTML"
+    return response
+
+
+def login_required_htmx(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """`login_required` that also works for htmx: a fragment request would follow a plain
+    redirect and swap the login page into a panel, so the browser is told to go there."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if request.user.is_authenticated:
+            return view(request, *args, **kwargs)
+        if is_partial(request):
+            login = f"{resolve_url(settings.LOGIN_URL)}?next={reverse('board:board')}"
+            return HttpResponseClientRedirect(login)
+        return redirect_to_login(request.get_full_path() if request.method == "GET"
+                                 else reverse("board:board"))
+
+    return wrapped
+
+
+def board_action(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Wrap a state-changing view: login, and domain errors turned into one response shape."""
+
+    @login_required_htmx
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except BoardError as error:
+            if is_partial(request):
+                return render_flash(request, error.message, error.status)
+            messages.error(request, error.message)
+            return HttpResponseSeeOther(next_url(request))
+        except PermissionDenied as error:
+            if not is_partial(request):
+                raise
+            return render_flash(request, str(error) or "You may not do that.", 403)
+        except Http404 as error:
+            if not is_partial(request):
+                raise
+            return render_flash(request, str(error) or "Not found.", 404)
+
+    return wrapped
+
+
+def next_url(request: HttpRequest) -> str:
+    """Where a plain form post returns to: its `next` field when it is ours, else the board."""
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return reverse("board:board")
+
+
+def valid_data(form) -> dict:
+    """The cleaned data, or InvalidInput (a 422 through `board_action`) naming the problem."""
+    if not form.is_valid():
+        problems = "; ".join(
+            f"{name}: {' '.join(errors)}" for name, errors in form.errors.items()
+        )
+        raise InvalidInput(f"The form was not valid ({problems}). Reload the page and retry.")
+    return form.cleaned_data
+
+
+# --- Board ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Lane:
+    state: str
+    label: str
+    items: list[Item] = field(default_factory=list)
+
+
+@dataclass
+class RunCard:
+    run: Run
+    can_work: bool
+    lanes: list[Lane]
+    total: int
+    done: int
+    skipped: int
+
+    @property
+    def percent_finished(self) -> int:
+        return round(100 * (self.done + self.skipped) / self.total) if self.total else 0
+
+
+def _items_with_prerequisites():
+    return Item.objects.select_related("holder").prefetch_related(
+        Prefetch("prerequisites", queryset=Item.objects.only("pk", "position", "title"))
+    ).order_by("position")
+
+
+def run_cards(user, work_team_ids: set[int]) -> list[RunCard]:
+    """The active runs the user may see, each with its items sorted into lanes; claim buttons
+    only on the runs of `work_team_ids`."""
+    runs = (
+        access.visible_runs(user)
+        .filter(state=RunState.ACTIVE)
+        .select_related("team", "runbook")
+        .prefetch_related(Prefetch("items", queryset=_items_with_prerequisites()))
+    )
+    cards = []
+    for run in runs:
+        items = list(run.items.all())
+        lanes = {state: Lane(state, label) for state, label in LANES}
+        for item in items:
+            if item.state in lanes:
+                lanes[item.state].items.append(item)
+        cards.append(RunCard(
+            run=run,
+            can_work=run.team_id in work_team_ids,
+            lanes=list(lanes.values()),
+            total=len(items),
+            done=sum(item.state == ItemState.DONE for item in items),
+            skipped=sum(item.state == ItemState.SKIPPED for item in items),
+        ))
+    return cards
+
+
+def my_items(user) -> list[Item]:
+    """The claims the user holds, soonest lease end first."""
+    return list(
+        Item.objects.filter(
+            run__in=access.visible_runs(user), holder=user, state=ItemState.CLAIMED
+        )
+        .select_related("run", "run__team")
+        .order_by("lease_expires_at", "pk")
+    )
+
+
+def board_context(user) -> dict:
+    work_team_ids = set(access.teams_for(user, Capability.WORK).values_list("pk", flat=True))
+    mine = my_items(user)
+    return {
+        "runs": run_cards(user, work_team_ids),
+        "my_items": mine,
+        "can_work": bool(work_team_ids),
+        "wip_limit": settings.WIP_LIMIT,
+        "at_wip_limit": len(mine) >= settings.WIP_LIMIT,
+        "now": timezone.now(),
+    }
+
+
+@login_required_htmx
+@require_GET
+def board(request: HttpRequest) -> HttpResponse:
+    context = board_context(request.user)
+    if is_partial(request):
+        # The lanes poll themselves; My work is left alone so a half-typed reason survives.
+        return render(request, "board/board.html#runs", context)
+    return render(request, "board/board.html", context)
+
+
+def acted(request: HttpRequest, notice: str) -> HttpResponse:
+    """After a successful action: My work plus out-of-band lanes and flash, or a 303."""
+    if is_partial(request):
+        context = board_context(request.user) | {"notice": notice, "oob": True}
+        return render(request, "board/board.html#action_result", context)
+    messages.success(request, notice)
+    return HttpResponseSeeOther(next_url(request))
+
+
+@require_POST
+@board_action
+def claim_next(request: HttpRequest) -> HttpResponse:
+    if not access.teams_for(request.user, Capability.WORK).exists():
+        raise PermissionDenied("Only staff of a team can claim its items.")
+    item = services.item_claim_next(actor=request.user)
+    return acted(request, f"You claimed #{item.position} “{item.title}” ({item.run.title}).")
+
+
+@require_POST
+@board_action
+def item_claim(request: HttpRequest, item_id: int) -> HttpResponse:
+    item = access.get_item(request.user, item_id, Capability.WORK)
+    item = services.item_claim(item=item, actor=request.user)
+    return acted(request, f"You claimed #{item.position} “{item.title}” ({item.run.title}).")
+
+
+@require_POST
+@board_action
+def item_complete(request: HttpRequest, item_id: int) -> HttpResponse:
+    item = access.get_item(request.user, item_id, Capability.WORK)
+    data = valid_data(ClaimActionForm(request.POST))
+    item = services.item_complete(item_id=item.pk, token=data["token"], actor=request.user)
+    return acted(request, f"Done: #{item.position} “{item.title}”.")
+
+
+@require_POST
+@board_action
+def item_abandon(request: HttpRequest, item_id: int) -> HttpResponse:
+    item = access.get_item(request.user, item_id, Capability.WORK)
+    data = valid_data(AbandonForm(request.POST))
+    item = services.item_abandon(
+        item_id=item.pk, token=data["token"], actor=request.user, reason=data["reason"]
+    )
+    if item.state == ItemState.STUCK:
+        where = f"it went to the stuck lane after {item.attempts} attempts"
+    else:
+        where = "it is back in the pool"
+    return acted(request, f"You gave back #{item.position} “{item.title}”: {where}.")
+
+
+# --- Run page -------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = access.get_run(request.user, run_id)
+    items = _run_items(run)
+    checkpoints = run.checkpoints.select_related("item").order_by("id")
+    finished = sum(item.state in FINISHED_STATES for item in items)
+    return render(request, "board/run.html", {
+        "run": run,
+        "items": items,
+        "finished": finished,
+        "checkpoints": checkpoints,
+        "can_work": access.has_capability(request.user, run.team, Capability.WORK),
+        "can_audit": access.has_capability(request.user, run.team, Capability.AUDIT),
+    })
+
+
+def _run_items(run) -> list[Item]:
+    return list(_items_with_prerequisites().filter(run=run))
+
+
+@login_required
+@require_GET
+def trail_export(request: HttpRequest, run_id: int, fmt: str) -> HttpResponse:
+    run = access.get_run(request.user, run_id, Capability.AUDIT)
+    response = HttpResponse(content_type=TRAIL_CONTENT_TYPES[fmt])
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}-trail.{fmt}"'
+    trail.trail_export(run=run, fmt=fmt, out=response)
+    return response
+
+
+# --- Launch ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def launch(request: HttpRequest) -> HttpResponse:
+    managed = access.teams_for(request.user, Capability.MANAGE)
+    if not managed.exists():
+        raise PermissionDenied("Only managers can launch runs.")
+    runbooks = latest_versions(access.visible_runbooks(request.user).filter(team__in=managed))
+    form = LaunchForm(
+        request.POST if request.method == "POST" else None,
+        runbooks=runbooks,
+        initial={"runbook": request.GET.get("runbook")},
+    )
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        runbook = data["runbook"]
+        if not access.has_capability(request.user, runbook.team, Capability.MANAGE):
+            raise PermissionDenied("Only managers of this team can launch its runbooks.")
+        try:
+            run = services.run_launch(
+                runbook=runbook, title=data["title"], severity=data["severity"],
+                ref=data["ref"], actor=request.user,
+            )
+        except InvalidInput as error:
+            form.add_error(None, error.message)
+        else:
+            messages.success(request, f"Launched “{run.title}” with {run.items.count()} items.")
+            return HttpResponseSeeOther(reverse("board:run", args=[run.pk]))
+    status = 422 if form.is_bound else 200
+    return render(request, "board/launch.html", {"form": form}, status=status)

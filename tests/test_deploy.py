@@ -15,9 +15,12 @@ PRODUCTION_ENV = {
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    # Only the deployment's own variables: nothing a test run may have set (browser tests
+    # allow async-unsafe calls, for one) leaks into what is checked.
+    inherited = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=120, env={**os.environ, **env},
+        timeout=120, env={**inherited, **env},
     )
 
 

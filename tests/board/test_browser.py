@@ -4,7 +4,6 @@ Drives Chromium through Playwright against pytest-django's live server, so the h
 the CSRF header and the error handling run exactly as they do for a person mid-incident.
 """
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,6 @@ from tests.conftest import CHROMIUM, PASSWORD, require_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls made by the test
-# and the live server's thread are still synchronous and safe.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-SCREENSHOT = Path("/tmp/pullboard-board.png")
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +23,16 @@ def browser_type_launch_args():
             "--disable-component-update", "--disable-sync", "--no-first-run",
         ],
     }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _async_unsafe_allowed():
+    # Playwright's sync API keeps an event loop in this thread for the rest of the session;
+    # the ORM calls made by the tests (and their database teardown) are still synchronous
+    # and safe. Session-wide, because every later database flush runs under that loop too.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        yield
 
 
 @pytest.fixture
@@ -52,7 +56,7 @@ def log_in(page, live_server, username: str) -> None:
 
 
 def test_claim_complete_claim_abandon_then_read_the_timeline(browser_page, live_server, staff,
-                                                             make_run):
+                                                             make_run, tmp_path):
     from playwright.sync_api import expect
 
     page = browser_page
@@ -71,7 +75,7 @@ def test_claim_complete_claim_abandon_then_read_the_timeline(browser_page, live_
     page.get_by_role("button", name="Claim next").click()
     expect(my_work).to_contain_text("Snapshot the primary")
     expect(page.locator("#runs .lane-claimed")).to_contain_text("Snapshot the primary")
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(tmp_path / "board.png"), full_page=True)
 
     my_work.get_by_placeholder("Why are you giving it back?").fill("the replica is lagging")
     my_work.get_by_role("button", name="Abandon").click()

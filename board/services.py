@@ -455,3 +455,87 @@ def leases_sweep(*, now: datetime | None = None, grace: timedelta = timedelta(0)
         if item_expire(item_id=item_id, token=token, now=now) is not None:
             expired += 1
     return expired
+
+
+@transaction.atomic
+def item_extend(*, item_id: int, token: int, actor: User) -> Item:
+    """"Still on it": push the lease out by one lease length, up to the run's cap (counted
+    from the claim), so a claim cannot be held forever by pressing the button."""
+    now = timezone.now()
+    item = Item.objects.select_related("run").filter(pk=item_id).first()
+    if item is None or item.state != ItemState.CLAIMED or item.token != token or \
+            item.holder_id != actor.pk:
+        raise ClaimLost(_stale_token_message(item_id, token, actor))
+    cap = item.claimed_at + item.run.max_lease
+    new_expiry = min(now + item.run.lease_duration, cap)
+    if new_expiry <= item.lease_expires_at:
+        local = timezone.localtime(cap)
+        raise InvalidInput(
+            f"This claim cannot be extended past {local:%H:%M} ({local:%Z}), the longest lease "
+            "for this run: complete it, or abandon it so someone else can take over."
+        )
+    changed = Item.objects.filter(
+        pk=item_id, state=ItemState.CLAIMED, token=token, holder=actor
+    ).update(lease_expires_at=new_expiry)
+    if changed != 1:
+        raise ClaimLost(_stale_token_message(item_id, token, actor))
+    item.lease_expires_at = new_expiry
+    checkpoint_append(
+        run_id=item.run_id, kind=CheckpointKind.EXTENDED, actor=actor, item_id=item_id,
+        token=token, at=now, data={"lease_expires_at": new_expiry.isoformat()},
+    )
+    _schedule_expiry(item)
+    return item
+
+
+@transaction.atomic
+def item_requeue(*, item_id: int, actor: User, reason: str = "") -> Item:
+    """A manager sends a stuck item back to the pool with a fresh set of attempts."""
+    item = Item.objects.select_related("run").filter(pk=item_id).first()
+    if item is None:
+        raise NotAvailable("That item no longer exists.")
+    state = (
+        ItemState.WAITING
+        if item.prerequisites.exclude(state__in=FINISHED_STATES).exists()
+        else ItemState.AVAILABLE
+    )
+    changed = Item.objects.filter(pk=item_id, state=ItemState.STUCK).update(
+        state=state, attempts=0
+    )
+    if changed != 1:
+        raise NotAvailable(f"“{item.title}” is {item.get_state_display().lower()}, not stuck.")
+    checkpoint_append(
+        run_id=item.run_id, kind=CheckpointKind.REQUEUED, actor=actor, item_id=item_id,
+        reason=reason.strip(), data={"attempts_before": item.attempts, "state": state},
+    )
+    item.refresh_from_db()
+    return item
+
+
+@transaction.atomic
+def item_skip(*, item_id: int, actor: User, reason: str) -> Item:
+    """A manager decides an open item is not needed; items waiting on it may now start."""
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("Say why this item is skipped: a reason is required.")
+    now = timezone.now()
+    item = Item.objects.select_related("run").filter(pk=item_id).first()
+    if item is None:
+        raise NotAvailable("That item no longer exists.")
+    changed = Item.objects.filter(
+        pk=item_id, state__in=[ItemState.WAITING, ItemState.AVAILABLE, ItemState.STUCK,
+                               ItemState.CLAIMED],
+    ).update(
+        state=ItemState.SKIPPED, holder=None, lease_expires_at=None, finished_at=now,
+        # A live claim is revoked: the holder's token is no longer the current one.
+        token=Case(When(state=ItemState.CLAIMED, then=F("token") + 1), default=F("token")),
+    )
+    if changed != 1:
+        raise NotAvailable(f"“{item.title}” is already {item.get_state_display().lower()}.")
+    item.refresh_from_db()
+    checkpoint_append(
+        run_id=item.run_id, kind=CheckpointKind.SKIPPED, actor=actor, item_id=item_id,
+        token=item.token, reason=reason, at=now, data={"unlocked": _unlock_dependents(item)},
+    )
+    _complete_run_if_finished(item.run, actor=actor, now=now)
+    return item

@@ -183,11 +183,24 @@ def _text_field(value: object, name: str, where: str) -> str:
     return str(value).strip()
 
 
+# Upper bounds keep every later date computation in range (a lease of a billion minutes
+# would overflow the lease expiry) and catch typos.
+SETTING_MAXIMUMS = {
+    "lease_minutes": 7 * 24 * 60,
+    "max_lease_minutes": 30 * 24 * 60,
+    "max_attempts": 100,
+    "wip_limit": 100,
+}
+
+
 def _positive_int_field(value: object, name: str, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise RunbookFormatError(f"{where}'{name}' must be a positive whole number (got {value!r})")
+    maximum = SETTING_MAXIMUMS.get(name)
+    if maximum is not None and value > maximum:
+        raise RunbookFormatError(f"{where}'{name}' must be at most {maximum:,} (got {value:,})")
     return value
 
 

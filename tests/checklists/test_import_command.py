@@ -100,3 +100,18 @@ def test_bad_file_exits_with_status_one_and_prints_the_error(tmp_path):
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no steps" in lines[0].lower(), done.stderr
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("lease_minutes", 99999999999), ("max_attempts", 1000), ("wip_limit", 101),
+     ("max_lease_minutes", 5000000000)],
+)
+def test_out_of_range_setting_is_refused_before_it_can_overflow_a_lease(key, value, tmp_path):
+    path = tmp_path / "huge-lease.md"
+    path.write_text(f"---\n{key}: {value}\n---\n# Huge\n\n- one step\n")
+    before = _counts()
+    with pytest.raises(CommandError, match=f"'{key}' must be at most"):
+        _import(path)
+    assert _counts() == before

@@ -1,11 +1,19 @@
+import hashlib
 import secrets
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
+from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.access import grant_role
-from accounts.models import Role, Team, User
+from accounts.models import ApiToken, Role, Team, User
+
+# API tokens read "pb_…", so a leaked one is recognisable (and secret scanners can match it).
+API_TOKEN_PREFIX = "pb_"
+# How stale `last_used_at` may get: recording every call would make each API read a write.
+API_TOKEN_USE_RESOLUTION = timedelta(minutes=1)
 
 # Model permissions each role's group carries (object permissions on teams say where).
 ROLE_MODEL_PERMISSIONS: dict[str, list[str]] = {
@@ -59,3 +67,43 @@ def user_create(
     user.groups.add(role_group(role))
     grant_role(user=user, team=team, role=role)
     return user, generated
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+def api_token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def api_token_create(*, user: User, name: str = "api") -> tuple[ApiToken, str]:
+    """Create an API token for `user`. Returns the row and the token itself, which is not
+    stored (only its digest is) and so must be shown to the caller now or never."""
+    token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    api_token = ApiToken.objects.create(
+        user=user, name=name.strip() or "api", digest=api_token_digest(token)
+    )
+    return api_token, token
+
+
+def api_token_authenticate(*, token: str, now: datetime | None = None) -> User | None:
+    """The active user a presented token belongs to, or None (unknown, revoked, inactive).
+
+    The token is high-entropy and looked up by its digest, so comparing digests in the
+    database reveals nothing usable through timing."""
+    if not token.startswith(API_TOKEN_PREFIX):
+        return None
+    api_token = (
+        ApiToken.objects.select_related("user").filter(digest=api_token_digest(token)).first()
+    )
+    if api_token is None or not api_token.user.is_active:
+        return None
+    now = now or timezone.now()
+    if api_token.last_used_at is None or now - api_token.last_used_at >= API_TOKEN_USE_RESOLUTION:
+        ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
+    return api_token.user
+
+
+def api_token_revoke(*, api_token: ApiToken) -> None:
+    """Revoke a token: the row goes, so the token authenticates nothing from now on."""
+    api_token.delete()

@@ -181,3 +181,30 @@ class Checkpoint(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionDenied("Checkpoints are append-only: they are never deleted.")
+
+
+class IdempotencyKey(models.Model):
+    """The first outcome of one mutating request, kept so a repeat of it (double click, a
+    retry after a network error) returns that outcome instead of acting again.
+
+    The row is inserted before the action runs and completed in the same transaction, so a
+    committed row always has its outcome, and a concurrent duplicate waits on the unique
+    index until the first one commits (board/idempotency.py)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(
+        max_length=64, help_text="sha256 of the method, path and canonical body"
+    )
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_per_user"),
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_key_age")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"

@@ -3,6 +3,7 @@ did. Each is idempotent: a redelivered or stale timer finds nothing to do."""
 
 from celery import shared_task
 
+from board.idempotency import idempotency_keys_purge
 from board.services import item_expire, leases_sweep
 
 
@@ -17,3 +18,8 @@ def expire_claim(item_id: int, token: int) -> str:
 @shared_task(name="board.tasks.sweep_expired_leases")
 def sweep_expired_leases() -> str:
     return f"expired {leases_sweep()} stale claims"
+
+
+@shared_task(name="board.tasks.purge_idempotency_keys")
+def purge_idempotency_keys() -> str:
+    return f"forgot {idempotency_keys_purge()} idempotency keys past their retention"

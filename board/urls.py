@@ -9,6 +9,7 @@ urlpatterns = [
     path("items/<int:item_id>/claim/", views.item_claim, name="item_claim"),
     path("items/<int:item_id>/complete/", views.item_complete, name="item_complete"),
     path("items/<int:item_id>/abandon/", views.item_abandon, name="item_abandon"),
+    path("items/<int:item_id>/extend/", views.item_extend, name="item_extend"),
     path("runs/new/", views.launch, name="launch"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     re_path(

@@ -3,7 +3,9 @@
 Views are thin: parse, fetch through accounts.access (404 outside the user's teams, 403 when
 visible but not allowed), call one service, render. Domain errors become responses in one
 place, `board_action`: for htmx the flash fragment with the error's status (409/422), for a
-plain form post a message and a 303 back to the page the form came from.
+plain form post a message and a 303 back to the page the form came from. Item actions run
+through `run_once` (board.idempotency), keyed by the form's hidden `idempotency_key`, so a
+double click or a resent form answers with the first outcome instead of acting twice.
 """
 
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts import access
 from accounts.access import Capability
-from board import services, trail
+from board import idempotency, services, trail
 from board.errors import BoardError, InvalidInput
 from board.forms import AbandonForm, ClaimActionForm, LaunchForm
 from board.models import FINISHED_STATES, Item, ItemState, Run, RunState
@@ -57,9 +59,15 @@ def is_partial(request: HttpRequest) -> bool:
 # --- Errors, in one place -------------------------------------------------------------------
 
 
-def render_flash(request: HttpRequest, message: str, status: int) -> HttpResponse:
-    """The flash fragment carrying an error, swapped into #flash whatever the form targeted."""
-    response = render(request, "base.html#flash", {"error": message}, status=status)
+def render_flash(request: HttpRequest, message: str, status: int, *,
+                 with_my_work: bool = False) -> HttpResponse:
+    """The flash fragment carrying an error, swapped into #flash whatever the form targeted;
+    `with_my_work` adds My work, swapped out of band."""
+    if with_my_work:
+        context = board_context(request.user) | {"error": message, "my_work_oob": True}
+        response = render(request, "board/board.html#action_error", context, status=status)
+    else:
+        response = render(request, "base.html#flash", {"error": message}, status=status)
     response["HX-Retarget"] = "#flash"
     response["HX-Reswap"] = "outerHTML"
     return response
@@ -92,7 +100,10 @@ def board_action(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespons
             return view(request, *args, **kwargs)
         except BoardError as error:
             if is_partial(request):
-                return render_flash(request, error.message, error.status)
+                # My work is rendered again: a claim lost meanwhile disappears, and its forms
+                # get fresh idempotency keys, so a corrected retry (a reason typed after a
+                # 422) is a new request rather than a reused key.
+                return render_flash(request, error.message, error.status, with_my_work=True)
             messages.error(request, error.message)
             return HttpResponseSeeOther(next_url(request))
         except PermissionDenied as error:
@@ -115,6 +126,26 @@ def next_url(request: HttpRequest) -> str:
     ):
         return candidate
     return reverse("board:board")
+
+
+# Form fields that are not part of the request an idempotency key stands for.
+NOT_FINGERPRINTED = frozenset({"csrfmiddlewaretoken", "idempotency_key"})
+
+
+def run_once(request: HttpRequest, action: Callable[[], str]) -> str:
+    """Run a board action at most once per idempotency key (the form's hidden field) and
+    return its notice; a form sent again gets the first notice, or the first error, back."""
+    fields = {
+        name: request.POST.getlist(name) for name in request.POST
+        if name not in NOT_FINGERPRINTED
+    }
+    outcome = idempotency.run_once(
+        user=request.user,
+        key=request.POST.get("idempotency_key", ""),
+        fingerprint=idempotency.request_fingerprint(request.method, request.path, fields),
+        action=lambda: idempotency.Outcome(200, {"notice": action()}),
+    )
+    return outcome.body["notice"]
 
 
 def valid_data(form) -> dict:
@@ -227,21 +258,27 @@ def acted(request: HttpRequest, notice: str) -> HttpResponse:
     return HttpResponseSeeOther(next_url(request))
 
 
+def _claimed(item: Item) -> str:
+    return f"You claimed #{item.position} “{item.title}” ({item.run.title})."
+
+
 @require_POST
 @board_action
 def claim_next(request: HttpRequest) -> HttpResponse:
     if not access.teams_for(request.user, Capability.WORK).exists():
         raise PermissionDenied("Only staff of a team can claim its items.")
-    item = services.item_claim_next(actor=request.user)
-    return acted(request, f"You claimed #{item.position} “{item.title}” ({item.run.title}).")
+    return acted(request, run_once(
+        request, lambda: _claimed(services.item_claim_next(actor=request.user))
+    ))
 
 
 @require_POST
 @board_action
 def item_claim(request: HttpRequest, item_id: int) -> HttpResponse:
     item = access.get_item(request.user, item_id, Capability.WORK)
-    item = services.item_claim(item=item, actor=request.user)
-    return acted(request, f"You claimed #{item.position} “{item.title}” ({item.run.title}).")
+    return acted(request, run_once(
+        request, lambda: _claimed(services.item_claim(item=item, actor=request.user))
+    ))
 
 
 @require_POST
@@ -249,8 +286,12 @@ def item_claim(request: HttpRequest, item_id: int) -> HttpResponse:
 def item_complete(request: HttpRequest, item_id: int) -> HttpResponse:
     item = access.get_item(request.user, item_id, Capability.WORK)
     data = valid_data(ClaimActionForm(request.POST))
-    item = services.item_complete(item_id=item.pk, token=data["token"], actor=request.user)
-    return acted(request, f"Done: #{item.position} “{item.title}”.")
+
+    def complete() -> str:
+        done = services.item_complete(item_id=item.pk, token=data["token"], actor=request.user)
+        return f"Done: #{done.position} “{done.title}”."
+
+    return acted(request, run_once(request, complete))
 
 
 @require_POST
@@ -258,14 +299,33 @@ def item_complete(request: HttpRequest, item_id: int) -> HttpResponse:
 def item_abandon(request: HttpRequest, item_id: int) -> HttpResponse:
     item = access.get_item(request.user, item_id, Capability.WORK)
     data = valid_data(AbandonForm(request.POST))
-    item = services.item_abandon(
-        item_id=item.pk, token=data["token"], actor=request.user, reason=data["reason"]
-    )
-    if item.state == ItemState.STUCK:
-        where = f"it went to the stuck lane after {item.attempts} attempts"
-    else:
-        where = "it is back in the pool"
-    return acted(request, f"You gave back #{item.position} “{item.title}”: {where}.")
+
+    def abandon() -> str:
+        given_back = services.item_abandon(
+            item_id=item.pk, token=data["token"], actor=request.user, reason=data["reason"]
+        )
+        if given_back.state == ItemState.STUCK:
+            where = f"it went to the stuck lane after {given_back.attempts} attempts"
+        else:
+            where = "it is back in the pool"
+        return f"You gave back #{given_back.position} “{given_back.title}”: {where}."
+
+    return acted(request, run_once(request, abandon))
+
+
+@require_POST
+@board_action
+def item_extend(request: HttpRequest, item_id: int) -> HttpResponse:
+    item = access.get_item(request.user, item_id, Capability.WORK)
+    data = valid_data(ClaimActionForm(request.POST))
+
+    def extend() -> str:
+        extended = services.item_extend(item_id=item.pk, token=data["token"], actor=request.user)
+        until = timezone.localtime(extended.lease_expires_at)
+        return (f"Still on it: #{extended.position} “{extended.title}” is yours until "
+                f"{until:%H:%M} ({until:%Z}).")
+
+    return acted(request, run_once(request, extend))
 
 
 # --- Run page -------------------------------------------------------------------------------

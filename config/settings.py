@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "guardian",
+    "ninja",  # serves the API docs' scripts from our static files instead of a CDN
     "accounts",
     "checklists",
     "board",
@@ -164,6 +165,9 @@ DEFAULT_LEASE = timedelta(minutes=env_int("DEFAULT_LEASE_MINUTES", 15, minimum=1
 DEFAULT_MAX_ATTEMPTS = env_int("DEFAULT_MAX_ATTEMPTS", 3, minimum=1)
 WIP_LIMIT = env_int("WIP_LIMIT", 2, minimum=1)
 LEASE_SWEEP_SECONDS = env_int("LEASE_SWEEP_SECONDS", 30, minimum=1)
+# A repeated request is answered from its stored first outcome for at least this long; a day
+# is the floor so a client retrying the next morning still gets the first outcome.
+IDEMPOTENCY_KEY_RETENTION_HOURS = env_int("IDEMPOTENCY_KEY_RETENTION_HOURS", 48, minimum=24)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_FILESYSTEM_FOLDER = Path(env_str("CELERY_FILESYSTEM_FOLDER", str(VAR_DIR / "celery")))
@@ -191,6 +195,10 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {
         "task": "board.tasks.sweep_expired_leases",
         "schedule": float(LEASE_SWEEP_SECONDS),
+    },
+    "purge-idempotency-keys": {
+        "task": "board.tasks.purge_idempotency_keys",
+        "schedule": 3600.0,
     },
 }
 

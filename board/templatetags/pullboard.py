@@ -1,6 +1,9 @@
 """Small template helpers for the page chrome (navigation depends on what the user may do)."""
 
+import uuid
+
 from django import template
+from django.utils.html import format_html
 
 from accounts.access import Capability, teams_for
 
@@ -11,6 +14,15 @@ register = template.Library()
 def user_manages_a_team(user) -> bool:
     """True when the user may launch runs and import runbooks on at least one team."""
     return teams_for(user, Capability.MANAGE).exists()
+
+
+@register.simple_tag
+def idempotency_field() -> str:
+    """The hidden idempotency key of a mutating form: new each time the form is rendered, so
+    sending this form twice is one action, and sending a new form is another."""
+    return format_html(
+        '<input type="hidden" name="idempotency_key" value="{}">', uuid.uuid4()
+    )
 
 
 @register.filter

@@ -1,5 +1,6 @@
 """The board, run page, launch and item actions through the web views (pytest-django client)."""
 
+import uuid
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -33,6 +34,11 @@ PARALLEL = (
 def parallel_run(make_run, make_runbook):
     """A run whose three items are all available at once."""
     return make_run(runbook=make_runbook(PARALLEL, filename="flush.md"), title="INC-3 cache")
+
+
+def form(**fields) -> dict:
+    """What a freshly rendered action form posts: its fields and a new idempotency key."""
+    return {"idempotency_key": str(uuid.uuid4()), **fields}
 
 
 def kinds(run) -> list[str]:
@@ -133,7 +139,7 @@ def test_my_work_says_when_a_lease_ran_out(as_user, staff, make_run):
 def test_claim_next_claims_and_writes_one_checkpoint(as_user, staff, make_run):
     run = make_run()
 
-    response = as_user(staff).post(reverse("board:claim_next"), **HTMX)
+    response = as_user(staff).post(reverse("board:claim_next"), form(), **HTMX)
 
     assert response.status_code == 200
     item = Item.objects.get(run=run, position=1)
@@ -150,7 +156,7 @@ def test_claim_next_without_javascript_redirects_back_with_a_message(as_user, st
     run = make_run()
     client = as_user(staff)
 
-    response = client.post(reverse("board:claim_next"))
+    response = client.post(reverse("board:claim_next"), form())
 
     assert response.status_code == 303
     assert response["Location"] == reverse("board:board")
@@ -159,7 +165,7 @@ def test_claim_next_without_javascript_redirects_back_with_a_message(as_user, st
 
 
 def test_claim_next_with_an_empty_pool_is_a_409_in_the_flash(as_user, staff):
-    response = as_user(staff).post(reverse("board:claim_next"), **HTMX)
+    response = as_user(staff).post(reverse("board:claim_next"), form(), **HTMX)
 
     assert response.status_code == 409
     assert response["HX-Retarget"] == "#flash"
@@ -170,7 +176,7 @@ def test_claim_one_item_from_the_pool(as_user, staff, parallel_run):
     run = parallel_run
     second = run.items.get(position=2)
 
-    response = as_user(staff).post(reverse("board:item_claim", args=[second.pk]), **HTMX)
+    response = as_user(staff).post(reverse("board:item_claim", args=[second.pk]), form(), **HTMX)
 
     assert response.status_code == 200
     second.refresh_from_db()
@@ -182,7 +188,7 @@ def test_claiming_an_item_someone_holds_is_a_409(as_user, staff, teammate, make_
     run = make_run()
     taken = item_claim_next(actor=teammate)
 
-    response = as_user(staff).post(reverse("board:item_claim", args=[taken.pk]), **HTMX)
+    response = as_user(staff).post(reverse("board:item_claim", args=[taken.pk]), form(), **HTMX)
 
     assert response.status_code == 409
     assert "already held by tia" in response.content.decode()
@@ -194,7 +200,7 @@ def test_complete_with_the_current_token(as_user, staff, make_run):
     item = item_claim_next(actor=staff)
 
     response = as_user(staff).post(
-        reverse("board:item_complete", args=[item.pk]), {"token": item.token}, **HTMX
+        reverse("board:item_complete", args=[item.pk]), form(token=item.token), **HTMX
     )
 
     assert response.status_code == 200
@@ -211,7 +217,7 @@ def test_abandon_with_a_reason_returns_the_item_to_the_pool(as_user, staff, make
 
     response = as_user(staff).post(
         reverse("board:item_abandon", args=[item.pk]),
-        {"token": item.token, "reason": "pager went off"}, **HTMX,
+        form(token=item.token, reason="pager went off"), **HTMX,
     )
 
     assert response.status_code == 200
@@ -226,7 +232,7 @@ def test_abandon_without_a_reason_is_422_and_changes_nothing(as_user, staff, mak
     item = item_claim_next(actor=staff)
 
     response = as_user(staff).post(
-        reverse("board:item_abandon", args=[item.pk]), {"token": item.token, "reason": "  "},
+        reverse("board:item_abandon", args=[item.pk]), form(token=item.token, reason="  "),
         **HTMX,
     )
 
@@ -242,7 +248,7 @@ def test_complete_without_a_token_is_422(as_user, staff, make_run):
     run = make_run()
     item = item_claim_next(actor=staff)
 
-    response = as_user(staff).post(reverse("board:item_complete", args=[item.pk]), **HTMX)
+    response = as_user(staff).post(reverse("board:item_complete", args=[item.pk]), form(), **HTMX)
 
     assert response.status_code == 422
     assert "token" in response.content.decode()
@@ -254,12 +260,12 @@ def test_stale_token_is_409_with_the_reason_and_changes_nothing(as_user, staff, 
     item = item_claim_next(actor=staff)
     client = as_user(staff)
     client.post(reverse("board:item_abandon", args=[item.pk]),
-                {"token": item.token, "reason": "wrong host"}, **HTMX)
+                form(token=item.token, reason="wrong host"), **HTMX)
     again = item_claim_next(actor=staff)
     assert again.pk == item.pk and again.token == item.token + 1
 
     response = client.post(
-        reverse("board:item_complete", args=[item.pk]), {"token": item.token}, **HTMX
+        reverse("board:item_complete", args=[item.pk]), form(token=item.token), **HTMX
     )
 
     assert response.status_code == 409
@@ -274,10 +280,10 @@ def test_stale_token_without_javascript_is_a_message_and_a_303(as_user, staff, t
     make_run()
     item = item_claim_next(actor=staff)
     client = as_user(staff)
-    client.post(reverse("board:item_complete", args=[item.pk]), {"token": item.token})
+    client.post(reverse("board:item_complete", args=[item.pk]), form(token=item.token))
 
     response = client.post(reverse("board:item_complete", args=[item.pk]),
-                           {"token": item.token}, follow=True)
+                           form(token=item.token), follow=True)
 
     assert response.redirect_chain == [(reverse("board:board"), 303)]
     assert "is already done" in response.content.decode()
@@ -289,8 +295,8 @@ def test_plain_post_returns_to_a_safe_next_only(as_user, staff, parallel_run):
     client = as_user(staff)
     run_url = reverse("board:run", args=[run.pk])
 
-    ours = client.post(reverse("board:item_claim", args=[first.pk]), {"next": run_url})
-    evil = client.post(reverse("board:claim_next"), {"next": "https://evil.example/"})
+    ours = client.post(reverse("board:item_claim", args=[first.pk]), form(next=run_url))
+    evil = client.post(reverse("board:claim_next"), form(next="https://evil.example/"))
 
     assert ours["Location"] == run_url
     assert evil["Location"] == reverse("board:board")
@@ -304,7 +310,7 @@ def test_actions_need_post(as_user, staff, make_run):
 
 def test_htmx_requests_after_logout_ask_the_browser_to_log_in(client, make_run):
     make_run()
-    for response in (client.post(reverse("board:claim_next"), **HTMX),
+    for response in (client.post(reverse("board:claim_next"), form(), **HTMX),
                      client.get(reverse("board:board"), **HTMX)):
         assert response.status_code == 200
         assert response["HX-Redirect"].startswith(reverse("login"))
@@ -380,7 +386,7 @@ def test_run_page_shows_items_and_the_timeline_oldest_first(as_user, staff, make
     item = item_claim_next(actor=staff)
     client = as_user(staff)
     client.post(reverse("board:item_abandon", args=[item.pk]),
-                {"token": item.token, "reason": "disk full"}, **HTMX)
+                form(token=item.token, reason="disk full"), **HTMX)
 
     page = client.get(reverse("board:run", args=[run.pk])).content.decode()
 
@@ -510,7 +516,7 @@ def test_runbook_html_is_escaped_on_the_board(as_user, staff, make_run, make_run
     runbook = make_runbook("# Evil\n\n- Step one\n\n  <script>alert('x')</script>\n")
     make_run(runbook=runbook)
     client = as_user(staff)
-    client.post(reverse("board:claim_next"))
+    client.post(reverse("board:claim_next"), form())
 
     page = client.get(reverse("board:board")).content.decode()
 

@@ -382,15 +382,36 @@ def launch(request: HttpRequest) -> HttpResponse:
         runbook = data["runbook"]
         if not access.has_capability(request.user, runbook.team, Capability.MANAGE):
             raise PermissionDenied("Only managers of this team can launch its runbooks.")
-        try:
+
+        def launch_once() -> idempotency.Outcome:
             run = services.run_launch(
                 runbook=runbook, title=data["title"], severity=data["severity"],
                 ref=data["ref"], actor=request.user,
             )
-        except InvalidInput as error:
+            return idempotency.Outcome(201, {"run": run.pk})
+
+        try:
+            # A double click or a form sent again from the history opens the first run
+            # instead of launching a second copy of the checklist.
+            outcome = idempotency.run_once(
+                user=request.user, key=request.POST.get("idempotency_key", ""),
+                fingerprint=idempotency.request_fingerprint(
+                    "POST", request.path,
+                    {"runbook": runbook.pk, "title": data["title"],
+                     "severity": data["severity"], "ref": data["ref"]},
+                ),
+                action=launch_once,
+            )
+        except BoardError as error:
             form.add_error(None, error.message)
         else:
-            messages.success(request, f"Launched “{run.title}” with {run.items.count()} items.")
+            run = Run.objects.get(pk=outcome.body["run"])
+            if outcome.replayed:
+                messages.info(request, f"“{run.title}” was already launched by this form.")
+            else:
+                messages.success(
+                    request, f"Launched “{run.title}” with {run.items.count()} items."
+                )
             return HttpResponseSeeOther(reverse("board:run", args=[run.pk]))
     status = 422 if form.is_bound else 200
     return render(request, "board/launch.html", {"form": form}, status=status)

@@ -1,5 +1,7 @@
 """Runbooks: list (latest version of each), one version's page, and import (managers)."""
 
+import hashlib
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -11,8 +13,11 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts import access
 from accounts.access import Capability
+from board.errors import BoardError
+from board.idempotency import Outcome, request_fingerprint, run_once
 from checklists import services
 from checklists.forms import RunbookImportForm, latest_versions
+from checklists.models import Runbook
 
 
 @login_required
@@ -60,19 +65,43 @@ def runbook_import(request: HttpRequest) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
+        data = upload.read()
+        team = form.cleaned_data["team"]
+        warnings: list[str] = []
+
+        def import_once() -> Outcome:
+            runbook, found = services.runbook_import(
+                data=data, filename=upload.name, team=team, actor=request.user
+            )
+            warnings.extend(found)
+            return Outcome(201, {"runbook": runbook.pk})
+
         try:
-            runbook, warnings = services.runbook_import(
-                data=upload.read(), filename=upload.name, team=form.cleaned_data["team"],
-                actor=request.user,
+            # Sending the same form twice stores one version, not two.
+            outcome = run_once(
+                user=request.user, key=request.POST.get("idempotency_key", ""),
+                fingerprint=request_fingerprint("POST", request.path, {
+                    "team": team.pk, "filename": upload.name,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }),
+                action=import_once,
             )
         except services.RunbookFormatError as error:
             form.add_error("file", str(error))
+        except BoardError as error:
+            form.add_error(None, error.message)
         else:
-            messages.success(
-                request,
-                f"Imported “{runbook.title}” as {runbook.slug} v{runbook.version} "
-                f"({runbook.steps.count()} steps).",
-            )
+            runbook = Runbook.objects.get(pk=outcome.body["runbook"])
+            steps = runbook.steps.count()
+            if outcome.replayed:
+                messages.info(request, f"“{runbook.title}” v{runbook.version} was already "
+                                       "imported by this form.")
+            else:
+                messages.success(
+                    request,
+                    f"Imported “{runbook.title}” as {runbook.slug} v{runbook.version} "
+                    f"({steps} step{'' if steps == 1 else 's'}).",
+                )
             for warning in warnings:
                 messages.warning(request, warning)
             response = HttpResponseRedirect(reverse("checklists:runbook", args=[runbook.pk]))

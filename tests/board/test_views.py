@@ -443,9 +443,9 @@ def test_staff_gets_403_on_launch(as_user, staff, make_runbook):
 def test_launch_form_creates_a_run(as_user, manager, make_runbook):
     runbook = make_runbook()
 
-    response = as_user(manager).post(reverse("board:launch"), {
-        "runbook": runbook.pk, "title": "INC-9 replica lag", "severity": "1", "ref": "INC-9",
-    })
+    response = as_user(manager).post(reverse("board:launch"), form(
+        runbook=runbook.pk, title="INC-9 replica lag", severity="1", ref="INC-9",
+    ))
 
     run = Run.objects.get()
     assert response.status_code == 303
@@ -474,7 +474,7 @@ def test_launch_with_bad_input_shows_errors_and_saves_nothing(as_user, manager, 
                                                               data):
     runbook = make_runbook()
 
-    response = as_user(manager).post(reverse("board:launch"), {"runbook": runbook.pk, **data})
+    response = as_user(manager).post(reverse("board:launch"), form(runbook=runbook.pk, **data))
 
     assert response.status_code == 422
     assert 'class="field-error"' in response.content.decode() or \
@@ -486,7 +486,7 @@ def test_launch_of_another_teams_runbook_is_refused(as_user, manager, make_runbo
     foreign = make_runbook(owner=other_team)
 
     response = as_user(manager).post(reverse("board:launch"),
-                                     {"runbook": foreign.pk, "title": "x", "severity": "2"})
+                                     form(runbook=foreign.pk, title="x", severity="2"))
 
     assert response.status_code == 422
     assert not Run.objects.exists()
@@ -521,3 +521,17 @@ def test_runbook_html_is_escaped_on_the_board(as_user, staff, make_run, make_run
     page = client.get(reverse("board:board")).content.decode()
 
     assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+
+
+def test_launch_form_sent_twice_launches_one_run(as_user, manager, make_runbook):
+    runbook = make_runbook()
+    client = as_user(manager)
+    sent = form(runbook=runbook.pk, title="INC-9 replica lag", severity="1", ref="INC-9")
+
+    first = client.post(reverse("board:launch"), sent)
+    again = client.post(reverse("board:launch"), sent)
+
+    run = Run.objects.get()
+    assert first.status_code == again.status_code == 303
+    assert first["Location"] == again["Location"] == reverse("board:run", args=[run.pk])
+    assert kinds(run) == [CheckpointKind.LAUNCHED]

@@ -1,5 +1,7 @@
 """Runbook pages: list, one version, and the import form."""
 
+import uuid
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -93,6 +95,7 @@ def test_launch_link_only_for_managers(as_user, staff, manager, make_runbook):
 
 def test_import_form_accepts_a_markdown_file(as_user, manager, team):
     response = as_user(manager).post(reverse("checklists:runbook_import"), {
+        "idempotency_key": str(uuid.uuid4()),
         "file": upload(SIMPLE_RUNBOOK, "failover.md"), "team": team.pk,
     })
 
@@ -106,6 +109,7 @@ def test_import_form_accepts_a_markdown_file(as_user, manager, team):
 
 def test_import_form_accepts_a_yaml_file(as_user, manager, team):
     as_user(manager).post(reverse("checklists:runbook_import"), {
+        "idempotency_key": str(uuid.uuid4()),
         "file": upload(YAML_RUNBOOK, "rotate.yml"), "team": team.pk,
     })
 
@@ -122,6 +126,7 @@ def test_import_form_accepts_a_yaml_file(as_user, manager, team):
 def test_import_parse_error_is_a_form_error_and_saves_nothing(as_user, manager, team,
                                                               content, name, message):
     response = as_user(manager).post(reverse("checklists:runbook_import"), {
+        "idempotency_key": str(uuid.uuid4()),
         "file": upload(content, name), "team": team.pk,
     })
 
@@ -133,6 +138,7 @@ def test_import_parse_error_is_a_form_error_and_saves_nothing(as_user, manager, 
 
 def test_import_refuses_other_file_types(as_user, manager, team):
     response = as_user(manager).post(reverse("checklists:runbook_import"), {
+        "idempotency_key": str(uuid.uuid4()),
         "file": upload("#!/bin/sh\n", "evil.sh"), "team": team.pk,
     })
 
@@ -143,6 +149,7 @@ def test_import_refuses_other_file_types(as_user, manager, team):
 
 def test_import_into_a_team_i_do_not_manage_is_refused(as_user, manager, other_team):
     response = as_user(manager).post(reverse("checklists:runbook_import"), {
+        "idempotency_key": str(uuid.uuid4()),
         "file": upload(SIMPLE_RUNBOOK, "failover.md"), "team": other_team.pk,
     })
 
@@ -157,7 +164,26 @@ def test_only_managers_may_import(as_user, request, persona, team):
 
     assert client.get(reverse("checklists:runbook_import")).status_code == 403
     response = client.post(reverse("checklists:runbook_import"), {
+        "idempotency_key": str(uuid.uuid4()),
         "file": upload(SIMPLE_RUNBOOK, "failover.md"), "team": team.pk,
     })
     assert response.status_code == 403
     assert not Runbook.objects.exists()
+
+
+def test_import_form_sent_twice_stores_one_version(as_user, manager, team):
+    client = as_user(manager)
+    key = str(uuid.uuid4())
+
+    responses = [
+        client.post(reverse("checklists:runbook_import"), {
+            "idempotency_key": key, "file": upload(SIMPLE_RUNBOOK, "failover.md"),
+            "team": team.pk,
+        })
+        for _ in range(2)
+    ]
+
+    runbook = Runbook.objects.get()
+    assert [r.status_code for r in responses] == [303, 303]
+    assert {r["Location"] for r in responses} == {
+        reverse("checklists:runbook", args=[runbook.pk])}

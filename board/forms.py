@@ -16,6 +16,11 @@ class AbandonForm(ClaimActionForm):
     reason = forms.CharField(required=False, max_length=2000)
 
 
+class SkipForm(forms.Form):
+    # Not required here: the service owns the rule and its message (a 422 either way).
+    reason = forms.CharField(required=False, max_length=2000)
+
+
 class RunbookChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, runbook: Runbook) -> str:
         return f"{runbook.title} — {runbook.team.name} ({runbook.slug} v{runbook.version})"

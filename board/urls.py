@@ -10,6 +10,8 @@ urlpatterns = [
     path("items/<int:item_id>/complete/", views.item_complete, name="item_complete"),
     path("items/<int:item_id>/abandon/", views.item_abandon, name="item_abandon"),
     path("items/<int:item_id>/extend/", views.item_extend, name="item_extend"),
+    path("items/<int:item_id>/requeue/", views.item_requeue, name="item_requeue"),
+    path("items/<int:item_id>/skip/", views.item_skip, name="item_skip"),
     path("runs/new/", views.launch, name="launch"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     re_path(

@@ -30,7 +30,7 @@ from accounts import access
 from accounts.access import Capability
 from board import idempotency, services, trail
 from board.errors import BoardError, InvalidInput
-from board.forms import AbandonForm, ClaimActionForm, LaunchForm
+from board.forms import AbandonForm, ClaimActionForm, LaunchForm, SkipForm
 from board.models import FINISHED_STATES, Item, ItemState, Run, RunState
 from checklists.forms import latest_versions
 
@@ -172,6 +172,7 @@ class Lane:
 class RunCard:
     run: Run
     can_work: bool
+    can_manage: bool
     lanes: list[Lane]
     total: int
     done: int
@@ -188,9 +189,9 @@ def _items_with_prerequisites():
     ).order_by("position")
 
 
-def run_cards(user, work_team_ids: set[int]) -> list[RunCard]:
+def run_cards(user, work_team_ids: set[int], manage_team_ids: set[int]) -> list[RunCard]:
     """The active runs the user may see, each with its items sorted into lanes; claim buttons
-    only on the runs of `work_team_ids`."""
+    only on the runs of `work_team_ids`, stuck-lane actions on those of `manage_team_ids`."""
     runs = (
         access.visible_runs(user)
         .filter(state=RunState.ACTIVE)
@@ -207,6 +208,7 @@ def run_cards(user, work_team_ids: set[int]) -> list[RunCard]:
         cards.append(RunCard(
             run=run,
             can_work=run.team_id in work_team_ids,
+            can_manage=run.team_id in manage_team_ids,
             lanes=list(lanes.values()),
             total=len(items),
             done=sum(item.state == ItemState.DONE for item in items),
@@ -228,13 +230,22 @@ def my_items(user) -> list[Item]:
 
 def board_context(user) -> dict:
     work_team_ids = set(access.teams_for(user, Capability.WORK).values_list("pk", flat=True))
+    manage_team_ids = set(
+        access.teams_for(user, Capability.MANAGE).values_list("pk", flat=True)
+    )
     mine = my_items(user)
+    cards = run_cards(user, work_team_ids, manage_team_ids)
+    # A run may allow more claims than the WIP_LIMIT setting; the board shows the highest
+    # limit among the runs on it, and the claim service applies each run's own.
+    wip_limit = max(
+        [settings.WIP_LIMIT] + [c.run.wip_limit for c in cards if c.can_work and c.run.wip_limit]
+    )
     return {
-        "runs": run_cards(user, work_team_ids),
+        "runs": cards,
         "my_items": mine,
         "can_work": bool(work_team_ids),
-        "wip_limit": settings.WIP_LIMIT,
-        "at_wip_limit": len(mine) >= settings.WIP_LIMIT,
+        "wip_limit": wip_limit,
+        "at_wip_limit": len(mine) >= wip_limit,
         "now": timezone.now(),
     }
 
@@ -326,6 +337,33 @@ def item_extend(request: HttpRequest, item_id: int) -> HttpResponse:
                 f"{until:%H:%M} ({until:%Z}).")
 
     return acted(request, run_once(request, extend))
+
+
+@require_POST
+@board_action
+def item_requeue(request: HttpRequest, item_id: int) -> HttpResponse:
+    item = access.get_item(request.user, item_id, Capability.MANAGE)
+
+    def requeue() -> str:
+        back = services.item_requeue(item_id=item.pk, actor=request.user)
+        state = back.get_state_display().lower()
+        return (f"Requeued #{back.position} “{back.title}”: it is {state} again, with a "
+                "fresh set of attempts.")
+
+    return acted(request, run_once(request, requeue))
+
+
+@require_POST
+@board_action
+def item_skip(request: HttpRequest, item_id: int) -> HttpResponse:
+    item = access.get_item(request.user, item_id, Capability.MANAGE)
+    data = valid_data(SkipForm(request.POST))
+
+    def skip() -> str:
+        skipped = services.item_skip(item_id=item.pk, actor=request.user, reason=data["reason"])
+        return f"Skipped #{skipped.position} “{skipped.title}”."
+
+    return acted(request, run_once(request, skip))
 
 
 # --- Run page -------------------------------------------------------------------------------

@@ -535,3 +535,65 @@ def test_launch_form_sent_twice_launches_one_run(as_user, manager, make_runbook)
     assert first.status_code == again.status_code == 303
     assert first["Location"] == again["Location"] == reverse("board:run", args=[run.pk])
     assert kinds(run) == [CheckpointKind.LAUNCHED]
+
+
+# --- Stuck lane -----------------------------------------------------------------------------
+
+
+def _stuck_item(make_runbook, make_run, staff):
+    from board.services import item_abandon
+
+    run = make_run(runbook=make_runbook(max_attempts=1))
+    item = item_claim_next(actor=staff, run=run)
+    return item_abandon(item_id=item.pk, token=item.token, actor=staff, reason="no access")
+
+
+def test_manager_requeues_a_stuck_item_from_the_board(as_user, manager, staff, make_runbook,
+                                                       make_run):
+    item = _stuck_item(make_runbook, make_run, staff)
+    client = as_user(manager)
+    assert "Requeue" in client.get(reverse("board:board")).content.decode()
+
+    response = client.post(reverse("board:item_requeue", args=[item.pk]), form(), **HTMX)
+
+    item.refresh_from_db()
+    assert response.status_code == 200
+    assert (item.state, item.attempts) == (ItemState.AVAILABLE, 0)
+    assert kinds(item.run)[-2:] == [CheckpointKind.STUCK, CheckpointKind.REQUEUED]
+
+
+def test_manager_skips_a_stuck_item_with_a_reason(as_user, manager, staff, make_runbook,
+                                                  make_run):
+    item = _stuck_item(make_runbook, make_run, staff)
+    client = as_user(manager)
+
+    refused = client.post(reverse("board:item_skip", args=[item.pk]), form(reason=" "), **HTMX)
+    item.refresh_from_db()
+    assert refused.status_code == 422 and "reason is required" in refused.content.decode()
+    assert item.state == ItemState.STUCK
+
+    client.post(reverse("board:item_skip", args=[item.pk]), form(reason="done by hand"), **HTMX)
+    item.refresh_from_db()
+    assert item.state == ItemState.SKIPPED
+    assert kinds(item.run)[-1] == CheckpointKind.SKIPPED
+
+
+def test_staff_cannot_requeue_or_skip(as_user, staff, make_runbook, make_run):
+    item = _stuck_item(make_runbook, make_run, staff)
+    client = as_user(staff)
+
+    assert "Requeue" not in client.get(reverse("board:board")).content.decode()
+    assert client.post(reverse("board:item_requeue", args=[item.pk]), form()).status_code == 403
+    assert client.post(reverse("board:item_skip", args=[item.pk]),
+                       form(reason="x")).status_code == 403
+    item.refresh_from_db()
+    assert item.state == ItemState.STUCK
+
+
+def test_outsider_gets_404_on_stuck_lane_actions(as_user, outsider, staff, make_runbook,
+                                                 make_run):
+    item = _stuck_item(make_runbook, make_run, staff)
+    client = as_user(outsider)
+    assert client.post(reverse("board:item_requeue", args=[item.pk]), form()).status_code == 404
+    assert client.post(reverse("board:item_skip", args=[item.pk]),
+                       form(reason="x")).status_code == 404

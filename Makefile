@@ -22,8 +22,9 @@ $(STAMP): requirements.lock
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo
+	$(BIN)/python manage.py collectstatic --noinput -v0
 	@echo "Pullboard: http://127.0.0.1:8000 (Ctrl-C stops web, worker and beat)"
-	DEBUG=$${DEBUG:-true} $(BIN)/honcho start -f Procfile
+	$(BIN)/honcho start -f Procfile
 
 test: install test-sqlite test-postgres
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 PRODUCTION_ENV = {
@@ -34,3 +36,20 @@ def test_a_bad_boolean_setting_fails_at_start_with_its_name():
     done = _manage("check", env={**PRODUCTION_ENV, "DEBUG": "maybe"})
     assert done.returncode != 0
     assert "DEBUG must be true or false" in done.stderr
+
+
+@pytest.mark.django_db
+def test_a_post_without_csrf_token_is_refused_with_a_readable_page(client, django_user_model):
+    from django.test import Client
+
+    user = django_user_model.objects.create_user("csrf-user", password="x-long-password")
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(user)
+
+    plain = strict.post("/claim-next/", {"idempotency_key": "k"})
+    htmx = strict.post("/claim-next/", {"idempotency_key": "k"}, HTTP_HX_REQUEST="true")
+
+    assert plain.status_code == htmx.status_code == 403
+    assert "Page out of date" in plain.content.decode()
+    assert "Reload the page" in htmx.content.decode()
+    assert htmx["HX-Retarget"] == "#flash"

@@ -3,6 +3,8 @@ import secrets
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -56,8 +58,17 @@ def user_create(
     one was generated, so the caller can show it once."""
     if role not in Role.values:
         raise ValueError(f"Unknown role {role!r}: choose one of {', '.join(Role.values)}.")
+    try:
+        User.username_validator(username)
+    except ValidationError as error:
+        raise ValueError(f"Username {username!r}: {' '.join(error.messages)}") from None
     team = team_get_or_create(slug=team_slug)
     user, created = User.objects.get_or_create(username=username, defaults={"email": email})
+    if password is not None:
+        try:
+            validate_password(password, user)
+        except ValidationError as error:
+            raise ValueError(f"Password refused: {' '.join(error.messages)}") from None
     generated = None
     if password is None and created:
         password = generated = secrets.token_urlsafe(9)

@@ -70,3 +70,21 @@ def test_inactive_user_sees_nothing(staff, make_run):
     User.objects.filter(pk=staff.pk).update(is_active=False)
     staff.refresh_from_db()
     assert not access.visible_runs(staff).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("args", "message"), [
+    (("bad name!", "--role", "staff", "--team", "ops"), "Username"),
+    (("shorty", "--role", "staff", "--team", "ops", "--password", "a"), "Password refused"),
+])
+def test_create_user_refuses_bad_username_or_weak_password(args, message):
+    with pytest.raises(CommandError, match=message):
+        _create_user(*args)
+    assert not User.objects.exists()
+    assert not Team.objects.exists()
+
+
+@pytest.mark.django_db
+def test_create_user_prints_the_team_slug_it_made():
+    assert _create_user("zed", "--role", "auditor", "--team", "Night Shift",
+                        "--password", "long-enough-pw-1") == "zed: auditor on team night-shift"

@@ -28,7 +28,7 @@ def _import(path, *args) -> str:
 
 
 @pytest.mark.django_db
-def test_every_shared_runbook_imports(shared_runbooks):
+def test_every_shared_runbook_imports(shared_runbooks, team):
     files = sorted(p for p in shared_runbooks.glob("*.md") if p.name != "SOURCES.md")
     assert len(files) >= 17
     for path in files:
@@ -79,12 +79,19 @@ def test_bad_file_is_refused_with_one_line_and_nothing_saved(name, tmp_path, tea
     path.write_bytes(data)
     before = _counts()
     with pytest.raises(CommandError) as refused:
-        _import(path, "--team", "brand-new-team")
+        _import(path, "--team", "ops")
     message = str(refused.value)
     assert "\n" not in message and message.startswith(f"{name}: ")
     assert expected.lower() in message.lower(), message
     assert _counts() == before
-    assert not Team.objects.filter(slug="brand-new-team").exists()
+
+
+@pytest.mark.django_db
+def test_unknown_team_is_refused_and_not_created(shared_runbooks, team):
+    with pytest.raises(CommandError, match="no team 'nosuch'.*ops"):
+        _import(shared_runbooks / "gitlab-cmoc-checklist.md", "--team", "nosuch")
+    assert not Team.objects.filter(slug="nosuch").exists()
+    assert not Runbook.objects.exists()
 
 
 def test_bad_file_exits_with_status_one_and_prints_the_error(tmp_path):

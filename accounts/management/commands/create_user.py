@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Role
-from accounts.services import user_create
+from accounts.services import team_get_or_create, user_create
 
 
 class Command(BaseCommand):
@@ -21,7 +21,8 @@ class Command(BaseCommand):
             )
         except ValueError as error:
             raise CommandError(str(error)) from None
-        line = f"{user.username}: {role} on team {team}"
+        slug = team_get_or_create(slug=team).slug
+        line = f"{user.username}: {role} on team {slug}"
         if generated:
             line += f", password {generated}"
         self.stdout.write(line)

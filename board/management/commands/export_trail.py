@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -31,7 +32,11 @@ class Command(BaseCommand):
         if found is None:
             raise CommandError(f"no run with id {run}")
         if output is None:
-            trail_export(run=found, fmt=fmt, out=_StdoutWriter(self))
+            try:
+                trail_export(run=found, fmt=fmt, out=_StdoutWriter(self))
+            except BrokenPipeError:
+                # The reader stopped early (`| head`): not an error worth a traceback.
+                sys.stderr.close()
             return
         try:
             # newline="": the csv module writes its own \r\n line ends.

@@ -4,8 +4,23 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from accounts.models import Team
 from accounts.services import team_get_or_create
 from checklists.services import RunbookFormatError, runbook_import
+
+
+def _owning_team(slug: str | None) -> Team:
+    """The named team, which must exist; without a name the default team, made if missing
+    (so a fresh install can import before anyone has created a team)."""
+    if slug is None:
+        return team_get_or_create(slug=settings.DEFAULT_TEAM_SLUG)
+    team = Team.objects.filter(slug=slug).first()
+    if team is None:
+        known = ", ".join(Team.objects.values_list("slug", flat=True)) or "none yet"
+        raise CommandError(
+            f"no team {slug!r} (teams: {known}); create_user --team makes one"
+        )
+    return team
 
 
 class Command(BaseCommand):
@@ -24,7 +39,7 @@ class Command(BaseCommand):
         try:
             # One transaction: a refused file leaves no trace, not even a new team.
             with transaction.atomic():
-                owner = team_get_or_create(slug=team or settings.DEFAULT_TEAM_SLUG)
+                owner = _owning_team(team)
                 runbook, warnings = runbook_import(data=data, filename=source.name, team=owner)
         except (RunbookFormatError, ValueError) as error:
             raise CommandError(f"{source.name}: {error}") from None

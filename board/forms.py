@@ -27,7 +27,9 @@ class RunbookChoiceField(forms.ModelChoiceField):
 
 
 class LaunchForm(forms.Form):
-    runbook = RunbookChoiceField(queryset=Runbook.objects.none(), empty_label=None)
+    runbook = RunbookChoiceField(
+        queryset=Runbook.objects.none(), empty_label="Choose a runbook…"
+    )
     title = forms.CharField(
         max_length=200, help_text="What is broken, e.g. “INC-4711 primary database down”."
     )

@@ -12,6 +12,7 @@ urlpatterns = [
     path("items/<int:item_id>/extend/", views.item_extend, name="item_extend"),
     path("items/<int:item_id>/requeue/", views.item_requeue, name="item_requeue"),
     path("items/<int:item_id>/skip/", views.item_skip, name="item_skip"),
+    path("runs/", views.run_list, name="run_list"),
     path("runs/new/", views.launch, name="launch"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     re_path(

@@ -17,7 +17,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.db.models import Prefetch
+from django.core.paginator import Paginator
+from django.db.models import Count, Prefetch, Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render, resolve_url
 from django.urls import reverse
@@ -364,6 +365,33 @@ def item_skip(request: HttpRequest, item_id: int) -> HttpResponse:
         return f"Skipped #{skipped.position} “{skipped.title}”."
 
     return acted(request, run_once(request, skip))
+
+
+# --- Runs -----------------------------------------------------------------------------------
+
+RUNS_PER_PAGE = 50
+
+
+@login_required
+@require_GET
+def run_list(request: HttpRequest) -> HttpResponse:
+    """Every run of the user's teams, newest first: finished runs stay findable (auditors)."""
+    state = request.GET.get("state", "")
+    runs = (
+        access.visible_runs(request.user)
+        .select_related("team", "runbook")
+        .annotate(
+            item_count=Count("items"),
+            finished_count=Count("items", filter=Q(items__state__in=FINISHED_STATES)),
+        )
+        .order_by("-launched_at", "-pk")
+    )
+    if state in RunState.values:
+        runs = runs.filter(state=state)
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "board/run_list.html", {
+        "page": page, "state": state, "states": RunState.choices,
+    })
 
 
 # --- Run page -------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def test_load_demo_creates_team_users_runbooks_and_one_run(var_dir):
     ]
     run = Run.objects.get()
     assert (run.title, run.severity, run.ref, run.team, run.state, run.runbook.slug) == (
-        "INC-DEMO-1 Primary database unreachable", 2, "INC-DEMO-1", team, RunState.ACTIVE,
+        "Primary database unreachable", 2, "INC-DEMO-1", team, RunState.ACTIVE,
         "database-failover",
     )
     states = list(run.items.order_by("position").values_list("state", flat=True))

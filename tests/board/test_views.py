@@ -597,3 +597,33 @@ def test_outsider_gets_404_on_stuck_lane_actions(as_user, outsider, staff, make_
     assert client.post(reverse("board:item_requeue", args=[item.pk]), form()).status_code == 404
     assert client.post(reverse("board:item_skip", args=[item.pk]),
                        form(reason="x")).status_code == 404
+
+
+# --- Runs list ------------------------------------------------------------------------------
+
+
+def test_runs_list_shows_finished_runs_of_my_teams_only(as_user, auditor, outsider, make_run,
+                                                        make_runbook, other_team):
+    from board.services import run_launch
+
+    mine = make_run(title="INC-1 done and dusted")
+    Run.objects.filter(pk=mine.pk).update(state="completed")
+    foreign = run_launch(runbook=make_runbook(owner=other_team), title="INC-2 not yours",
+                         actor=None)
+
+    page = as_user(auditor).get(reverse("board:run_list")).content.decode()
+    completed = as_user(auditor).get(reverse("board:run_list") + "?state=completed")
+
+    assert "INC-1 done and dusted" in page and "INC-2 not yours" not in page
+    assert reverse("board:run", args=[mine.pk]) in completed.content.decode()
+    assert "INC-2 not yours" in as_user(outsider).get(reverse("board:run_list")).content.decode()
+    assert foreign.pk
+
+
+def test_runs_list_query_count_does_not_grow_with_runs(as_user, manager, make_run,
+                                                       django_assert_max_num_queries):
+    for number in range(6):
+        make_run(title=f"INC-{number}")
+    client = as_user(manager)
+    with django_assert_max_num_queries(8):
+        assert client.get(reverse("board:run_list")).status_code == 200

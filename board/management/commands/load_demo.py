@@ -31,7 +31,7 @@ DEMO_USERS: tuple[tuple[str, str], ...] = (
     ("auditor", Role.AUDITOR),
 )
 DEMO_RUNBOOK = "database-failover"
-DEMO_RUN_TITLE = "INC-DEMO-1 Primary database unreachable"
+DEMO_RUN_TITLE = "Primary database unreachable"
 DEMO_RUN_REF = "INC-DEMO-1"
 PASSWORD_FILE = "demo-passwords.json"
 

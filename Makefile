@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` and `make test`. Everything installs into .venv
-# from the pinned, hashed lock file; nothing needs a server (SQLite + Celery's filesystem
+# from the pinned, hashed lock file (requirements-dev.lock: the app's requirements.lock plus
+# the test tools); nothing needs a server (SQLite + Celery's filesystem
 # broker). CI additionally points TEST_POSTGRES_URL / TEST_REDIS_URL at real services.
 
 PYTHON ?= python3
@@ -13,10 +14,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock
+$(STAMP): requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	@UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
+	@UV_PYTHON_DOWNLOADS=never $(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes requirements-dev.lock
 	@touch $@
 
 run: install
@@ -48,7 +49,8 @@ lint: install
 
 # Re-pin after editing pyproject.toml.
 lock: install
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 -q -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -q -o requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) var staticfiles

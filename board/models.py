@@ -208,3 +208,14 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"
+
+
+class Heartbeat(models.Model):
+    """When a periodic job last finished (one row per job), for /healthz and operators."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    at = models.DateTimeField()
+    detail = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"

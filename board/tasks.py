@@ -3,6 +3,7 @@ did. Each is idempotent: a redelivered or stale timer finds nothing to do."""
 
 from celery import shared_task
 
+from board.health import SWEEP_HEARTBEAT, heartbeat_record
 from board.idempotency import idempotency_keys_purge
 from board.services import item_expire, leases_sweep
 
@@ -17,7 +18,9 @@ def expire_claim(item_id: int, token: int) -> str:
 
 @shared_task(name="board.tasks.sweep_expired_leases")
 def sweep_expired_leases() -> str:
-    return f"expired {leases_sweep()} stale claims"
+    outcome = f"expired {leases_sweep()} stale claims"
+    heartbeat_record(name=SWEEP_HEARTBEAT, detail=outcome)
+    return outcome
 
 
 @shared_task(name="board.tasks.purge_idempotency_keys")

@@ -64,3 +64,19 @@ def test_compose_file_has_the_production_services():
     assert example["DATABASE_URL"].startswith("postgres://")
     assert example["CELERY_BROKER_URL"].startswith("redis://")
     assert {"SECRET_KEY", "ALLOWED_HOSTS", "PULLBOARD_HTTPS"} <= set(example)
+
+
+def test_compose_file_validates_with_the_compose_client(tmp_path):
+    import shutil
+    import subprocess
+
+    from tests.conftest import require_service
+
+    client = shutil.which("docker-compose")
+    require_service(client is not None, "the docker-compose client")
+    for name in ("docker-compose.yml", ".env.example"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    shutil.copy(REPO_ROOT / ".env.example", tmp_path / ".env")
+    done = subprocess.run([client, "-f", "docker-compose.yml", "config", "-q"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

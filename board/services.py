@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, PositiveBigIntegerField, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.access import Capability, teams_for
@@ -144,26 +145,55 @@ def run_launch(
 def _lock_claimant(actor: User) -> None:
     """Serialise one person's claims so two tabs cannot both pass the WIP check.
 
+    NO KEY UPDATE, not UPDATE: it does not conflict with the KEY SHARE locks that inserting
+    rows referencing the user (checkpoints, idempotency keys) takes, so two requests of one
+    user that both inserted such a row first cannot deadlock on it.
     SQLite needs nothing: IMMEDIATE transactions already run one writer at a time.
     """
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT id FROM accounts_user WHERE id = %s FOR UPDATE", [actor.pk])
+            cursor.execute(
+                "SELECT id FROM accounts_user WHERE id = %s FOR NO KEY UPDATE", [actor.pk]
+            )
 
 
 def _live_claims(actor: User) -> int:
     return Item.objects.filter(holder=actor, state=ItemState.CLAIMED).count()
 
 
+def _lock_run_of(item_id: int) -> None:
+    """Serialise the transitions that finish items of one run (complete, skip).
+
+    Under PostgreSQL's READ COMMITTED, two transactions finishing the last two open items of
+    a run (or the last two prerequisites of a waiting item) at once each still see the
+    other's item open, so neither would complete the run (or unlock the waiting item): it
+    would stay active (waiting) for ever. Holding the run's row lock until commit makes the
+    second one see the first one's change. NO KEY UPDATE does not conflict with the KEY SHARE
+    lock a checkpoint insert takes on its run, so claims and expiries never wait for it.
+    Taken before the item's update: run, then item, the order a run-wide action takes them.
+    SQLite needs nothing: IMMEDIATE transactions already run one writer at a time.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT r.id FROM board_run r JOIN board_item i ON i.run_id = r.id "
+                "WHERE i.id = %s FOR NO KEY UPDATE OF r",
+                [item_id],
+            )
+
+
 def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
                  item_id: int | None) -> WipLimitReached | None:
     """When the pool had items for this user but every one sat in a run whose WIP limit the
-    user has reached, say so instead of "nothing available"."""
+    user has reached, say so instead of "nothing available".
+
+    Only a run whose limit is really reached counts: an item that merely looked available
+    (on PostgreSQL, one another claimer had locked and was taking) is no reason to refuse."""
     if not held:
         return None
     pool = Item.objects.filter(
         state=ItemState.AVAILABLE, run__state=RunState.ACTIVE, run__team_id__in=team_ids
-    )
+    ).alias(limit=Coalesce("run__wip_limit", Value(settings.WIP_LIMIT))).filter(limit__lte=held)
     if item_id is not None:
         pool = pool.filter(pk=item_id)
     elif run_id is not None:
@@ -171,100 +201,141 @@ def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
     blocked = pool.select_related("run").first()
     if blocked is None:
         return None
-    limit = blocked.run.wip_limit or settings.WIP_LIMIT
+    limit = blocked.run.wip_limit if blocked.run.wip_limit is not None else settings.WIP_LIMIT
     return WipLimitReached(
         f"You already hold {held} claim{'s' if held != 1 else ''} (the limit is {limit}): "
         "complete or abandon one first."
     )
 
 
-_CANDIDATES_SQL = """
-    SELECT c.id FROM board_item c JOIN board_run cr ON cr.id = c.run_id
-    WHERE c.state = 'available' AND cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
-      AND %s < COALESCE(cr.wip_limit, %s)
-    ORDER BY cr.severity, cr.launched_at, cr.id, c.position
-    LIMIT 1
-"""
+# The pool, best first: highest severity, then oldest run, then position. The runs are few
+# (the active runs of the claimant's teams), the items many: the run order is sorted, and each
+# run's first available item is one step down the item_pool index (state, run, position), so
+# a claim costs the same with ten or ten thousand items in the pool.
+#
+# PostgreSQL walks the runs in order and, in each, locks its first available item that no
+# other transaction holds (SKIP LOCKED): concurrent claimers each get a different item without
+# waiting, and only the item taken is locked. SQLite runs one writer at a time (BEGIN
+# IMMEDIATE), so it needs no lock: a correlated subquery finds each run's first item.
+_POOL_SQL = {
+    # The runs are sorted first (a subquery with ORDER BY is not flattened), so the nested
+    # loop visits them in order and stops at the first item it can lock: no other run's item
+    # is locked on the way. Hence the item filter's parameter comes after the run's here.
+    "postgresql": """
+        SELECT c.id FROM (
+            SELECT cr.id, cr.severity, cr.launched_at FROM board_run cr
+            WHERE cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
+              AND ({held}) < COALESCE(cr.wip_limit, %s)
+            ORDER BY cr.severity, cr.launched_at, cr.id
+        ) cr CROSS JOIN LATERAL (
+            SELECT ci.id FROM board_item ci
+            WHERE ci.run_id = cr.id AND ci.state = 'available' {item_filter}
+            ORDER BY ci.position LIMIT 1
+            FOR UPDATE OF ci {skip_locked}
+        ) c
+        ORDER BY cr.severity, cr.launched_at, cr.id
+        LIMIT 1
+    """,
+    "sqlite": """
+        SELECT x.id FROM (
+            SELECT (
+                SELECT ci.id FROM board_item ci
+                WHERE ci.run_id = cr.id AND ci.state = 'available' {item_filter}
+                ORDER BY ci.position LIMIT 1
+            ) AS id, cr.severity, cr.launched_at, cr.id AS run_id
+            FROM board_run cr
+            WHERE cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
+              AND ({held}) < COALESCE(cr.wip_limit, %s)
+        ) x
+        WHERE x.id IS NOT NULL
+        ORDER BY x.severity, x.launched_at, x.run_id
+        LIMIT 1
+    """,
+}
+# The claimant's live claims, counted in the statement (after _lock_claimant on PostgreSQL).
+_HELD_SQL = "SELECT COUNT(*) FROM board_item h WHERE h.holder_id = %s AND h.state = 'claimed'"
+_CLAIM_SQL = {
+    "postgresql": """
+        UPDATE board_item AS i
+        SET state = 'claimed', holder_id = %s, token = i.token + 1, claimed_at = %s,
+            lease_expires_at = %s + r.lease_duration
+        FROM board_run r
+        WHERE r.id = i.run_id AND i.id = ({pool})
+        RETURNING i.*
+    """,
+    # django_format_dtdelta is the function Django's SQLite backend registers for datetime +
+    # duration arithmetic (what the ORM emits for F("claimed_at") + F("run__lease_duration")).
+    "sqlite": """
+        UPDATE board_item
+        SET state = 'claimed', holder_id = %s, token = token + 1, claimed_at = %s,
+            lease_expires_at = django_format_dtdelta(
+                '+', %s, (SELECT r.lease_duration FROM board_run r WHERE r.id = board_item.run_id)
+            )
+        WHERE id = ({pool}) AND state = 'available'
+        RETURNING *
+    """,
+}
 
 
-def _claim_statement(*, actor: User, now: datetime, team_ids: list[int], run_id: int | None,
-                     item_id: int | None, held: int) -> tuple[int, int] | None:
-    """One conditional UPDATE that takes the next available item (or the named one).
+def _claim_statement(*, actor: User, now: datetime, teams: tuple[str, list], run_id: int | None,
+                     item_id: int | None) -> Item | None:
+    """One conditional UPDATE that takes the next available item (or the named one) and
+    returns it as it is now, or None.
 
-    PostgreSQL skips rows other transactions have locked, so concurrent claimers each get a
-    different item without waiting; SQLite serialises writers (BEGIN IMMEDIATE), so the
-    re-check of `state` in the UPDATE is enough. Only runs whose WIP limit (the run's own,
-    else the WIP_LIMIT setting) is above `held`, the claimant's live claims, are candidates.
-    Returns (item id, token) or None.
+    Only runs of the claimant's teams (`teams`: SQL and params of their ids) whose WIP limit
+    (the run's own, else the WIP_LIMIT setting) is above the claimant's live claims are
+    candidates. The lease is the item's run's, added in the statement.
     """
-    params: list = []
-    placeholders = ", ".join(["%s"] * len(team_ids))
-    if item_id is not None:
-        run_filter = "AND c.id = %s"
-        extra = [item_id]
-    elif run_id is not None:
-        run_filter = "AND c.run_id = %s"
-        extra = [run_id]
-    else:
-        run_filter, extra = "", []
-    candidates = _CANDIDATES_SQL.format(teams=placeholders, run_filter=run_filter)
-    if connection.vendor == "postgresql":
-        sql = f"""
-            UPDATE board_item AS i
-            SET state = 'claimed', holder_id = %s, token = i.token + 1, claimed_at = %s,
-                lease_expires_at = %s + r.lease_duration
-            FROM board_run r
-            WHERE r.id = i.run_id AND i.id = ({candidates} FOR UPDATE OF c SKIP LOCKED)
-            RETURNING i.id, i.token
-        """
-        params = [actor.pk, now, now, *team_ids, *extra, held, settings.WIP_LIMIT]
-    else:
-        sql = f"""
-            UPDATE board_item
-            SET state = 'claimed', holder_id = %s, token = token + 1, claimed_at = %s,
-                lease_expires_at = %s
-            WHERE id = ({candidates}) AND state = 'available'
-            RETURNING id, token
-        """
-        # SQLite cannot add a duration to a timestamp in SQL; the placeholder lease is
-        # replaced below, inside the same transaction, with the item's run's lease.
-        params = [actor.pk, now, now, *team_ids, *extra, held, settings.WIP_LIMIT]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    return (row[0], row[1]) if row else None
+    vendor = "postgresql" if connection.vendor == "postgresql" else "sqlite"
+    teams_sql, teams_params = teams
+    item_filter, item_params = ("AND ci.id = %s", [item_id]) if item_id is not None else ("", [])
+    run_filter, run_params = ("AND cr.id = %s", [run_id]) if run_id is not None else ("", [])
+    pool = _POOL_SQL[vendor].format(
+        item_filter=item_filter, teams=teams_sql, run_filter=run_filter, held=_HELD_SQL,
+        # Claim next skips the items other claimers hold locked, so many claimers never queue
+        # behind each other. A claim of one named item waits for the other claimer instead,
+        # so the loser then sees who won ("already held by …"), not a still-available item.
+        skip_locked="SKIP LOCKED" if item_id is None else "",
+    )
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    runs_params = [*teams_params, *run_params, actor.pk, settings.WIP_LIMIT]
+    pool_params = (
+        [*runs_params, *item_params] if vendor == "postgresql" else [*item_params, *runs_params]
+    )
+    params = [actor.pk, stamp, stamp, *pool_params]
+    return next(iter(Item.objects.raw(_CLAIM_SQL[vendor].format(pool=pool), params)), None)
 
 
 def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> Item:
-    team_ids = list(teams_for(actor, Capability.WORK).values_list("pk", flat=True))
-    if not team_ids:
-        raise NothingToClaim("You are not staff on any team, so there is nothing to claim.")
+    # The teams go into the claim statement as a subquery: no round trip of their own.
+    work_teams = teams_for(actor, Capability.WORK).values("pk")
+    teams = work_teams.query.sql_with_params()
     now = timezone.now()
+    scope = {"run_id": run.pk if run else None, "item_id": item.pk if item else None}
     with transaction.atomic():
         _lock_claimant(actor)
-        held = _live_claims(actor)
-        scope = {"team_ids": team_ids, "run_id": run.pk if run else None,
-                 "item_id": item.pk if item else None}
-        claimed = _claim_statement(actor=actor, now=now, held=held, **scope)
+        claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
         if claimed is None:
-            refusal = _wip_refusal(held=held, **scope)
+            team_ids = [team["pk"] for team in work_teams]
+            if not team_ids:
+                raise NothingToClaim(
+                    "You are not staff on any team, so there is nothing to claim."
+                )
+            refusal = _wip_refusal(held=_live_claims(actor), team_ids=team_ids, **scope)
             if refusal is not None:
                 raise refusal
             if item is not None:
                 raise NotAvailable(_not_available_message(item.pk))
             raise NothingToClaim("Nothing is available to claim right now.")
-        item_id, token = claimed
-        claimed_item = Item.objects.select_related("run").get(pk=item_id)
-        if connection.vendor != "postgresql":
-            claimed_item.lease_expires_at = now + claimed_item.run.lease_duration
-            Item.objects.filter(pk=item_id).update(lease_expires_at=claimed_item.lease_expires_at)
         checkpoint_append(
-            run_id=claimed_item.run_id, kind=CheckpointKind.CLAIMED, actor=actor,
-            item_id=item_id, token=token, at=now,
-            data={"lease_expires_at": claimed_item.lease_expires_at.isoformat()},
+            run_id=claimed.run_id, kind=CheckpointKind.CLAIMED, actor=actor,
+            item_id=claimed.pk, token=claimed.token, at=now,
+            data={"lease_expires_at": claimed.lease_expires_at.isoformat()},
         )
-        _schedule_expiry(claimed_item)
-    return claimed_item
+        _schedule_expiry(claimed)
+    if run is not None:
+        claimed.run = run
+    return claimed
 
 
 def item_claim_next(*, actor: User, run: Run | None = None) -> Item:
@@ -343,6 +414,7 @@ def item_complete(*, item_id: int, token: int, actor: User, note: str = "") -> I
     """Finish a claimed item. The holder's token must still be the live one; a lease that ran
     out but was not taken by anyone is still the holder's to complete."""
     now = timezone.now()
+    _lock_run_of(item_id)
     changed = Item.objects.filter(
         pk=item_id, state=ItemState.CLAIMED, token=token, holder=actor
     ).update(state=ItemState.DONE, holder=None, lease_expires_at=None, finished_at=now)
@@ -519,6 +591,7 @@ def item_skip(*, item_id: int, actor: User, reason: str) -> Item:
     if not reason:
         raise InvalidInput("Say why this item is skipped: a reason is required.")
     now = timezone.now()
+    _lock_run_of(item_id)
     item = Item.objects.select_related("run").filter(pk=item_id).first()
     if item is None:
         raise NotAvailable("That item no longer exists.")
@@ -528,7 +601,10 @@ def item_skip(*, item_id: int, actor: User, reason: str) -> Item:
     ).update(
         state=ItemState.SKIPPED, holder=None, lease_expires_at=None, finished_at=now,
         # A live claim is revoked: the holder's token is no longer the current one.
-        token=Case(When(state=ItemState.CLAIMED, then=F("token") + 1), default=F("token")),
+        token=Case(
+            When(state=ItemState.CLAIMED, then=F("token") + 1), default=F("token"),
+            output_field=PositiveBigIntegerField(),
+        ),
     )
     if changed != 1:
         raise NotAvailable(f"“{item.title}” is already {item.get_state_display().lower()}.")

@@ -113,7 +113,10 @@ class Item(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["state", "run", "position"], name="item_pool"),
+            # The pool: only available items, so finding a run's first one never walks past
+            # the claimed and done ones (a draining run of thousands stays one index step).
+            models.Index(fields=["run", "position"], condition=models.Q(state="available"),
+                         name="item_pool"),
             models.Index(fields=["state", "lease_expires_at"], name="item_lease"),
             models.Index(fields=["holder", "state"], name="item_holder"),
         ]

@@ -5,8 +5,10 @@ conditional UPDATE for claims) followed by exactly one checkpoint in the same tr
 the board and its trail never disagree. Celery timers are enqueued only after commit.
 """
 
+import json
 import logging
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -14,7 +16,7 @@ from django.db.models import Case, F, PositiveBigIntegerField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.access import Capability, teams_for
+from accounts.access import Capability, team_ids_sql, teams_for
 from accounts.models import Team, User
 from board.errors import ClaimLost, InvalidInput, NotAvailable, NothingToClaim, WipLimitReached
 from board.models import (
@@ -27,6 +29,7 @@ from board.models import (
     RunMode,
     RunState,
 )
+from board.timers import timer_schedule
 from checklists.models import Runbook
 
 log = logging.getLogger(__name__)
@@ -151,10 +154,8 @@ def _lock_claimant(actor: User) -> None:
     SQLite needs nothing: IMMEDIATE transactions already run one writer at a time.
     """
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT id FROM accounts_user WHERE id = %s FOR NO KEY UPDATE", [actor.pk]
-            )
+        _execute_prepared("SELECT id FROM accounts_user WHERE id = %s FOR NO KEY UPDATE",
+                          [actor.pk])
 
 
 def _live_claims(actor: User) -> int:
@@ -255,13 +256,23 @@ _POOL_SQL = {
 # The claimant's live claims, counted in the statement (after _lock_claimant on PostgreSQL).
 _HELD_SQL = "SELECT COUNT(*) FROM board_item h WHERE h.holder_id = %s AND h.state = 'claimed'"
 _CLAIM_SQL = {
+    # The `claimed` checkpoint is written by the same statement (a data-modifying CTE).
     "postgresql": """
-        UPDATE board_item AS i
-        SET state = 'claimed', holder_id = %s, token = i.token + 1, claimed_at = %s,
-            lease_expires_at = %s + r.lease_duration
-        FROM board_run r
-        WHERE r.id = i.run_id AND i.id = ({pool})
-        RETURNING i.*
+        WITH claimed AS (
+            UPDATE board_item AS i
+            SET state = 'claimed', holder_id = %s, token = i.token + 1, claimed_at = %s,
+                lease_expires_at = %s + r.lease_duration
+            FROM board_run r
+            WHERE r.id = i.run_id AND i.id = ({pool})
+            RETURNING {returning}
+        ), logged AS (
+            INSERT INTO board_checkpoint
+                (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
+            SELECT run_id, id, 'claimed', claimed_at, holder_id, %s, token, '',
+                   jsonb_build_object('lease_expires_at', lease_expires_at)
+            FROM claimed
+        )
+        SELECT {columns} FROM claimed
     """,
     # django_format_dtdelta is the function Django's SQLite backend registers for datetime +
     # duration arithmetic (what the ORM emits for F("claimed_at") + F("run__lease_duration")).
@@ -277,10 +288,10 @@ _CLAIM_SQL = {
 }
 
 
-def _claim_statement(*, actor: User, now: datetime, teams: tuple[str, list], run_id: int | None,
-                     item_id: int | None) -> Item | None:
-    """One conditional UPDATE that takes the next available item (or the named one) and
-    returns it as it is now, or None.
+def _claim_statement(*, actor: User, now: datetime, teams: tuple[str, tuple],
+                     run_id: int | None, item_id: int | None) -> Item | None:
+    """One conditional UPDATE that takes the next available item (or the named one), with its
+    `claimed` checkpoint, and returns the item as it is now, or None.
 
     Only runs of the claimant's teams (`teams`: SQL and params of their ids) whose WIP limit
     (the run's own, else the WIP_LIMIT setting) is above the claimant's live claims are
@@ -303,20 +314,63 @@ def _claim_statement(*, actor: User, now: datetime, teams: tuple[str, list], run
         [*runs_params, *item_params] if vendor == "postgresql" else [*item_params, *runs_params]
     )
     params = [actor.pk, stamp, stamp, *pool_params]
-    return next(iter(Item.objects.raw(_CLAIM_SQL[vendor].format(pool=pool), params)), None)
+    if vendor == "postgresql":
+        params.append(actor.display_name)
+        columns = [field.column for field in _ITEM_FIELDS]
+        sql = _CLAIM_SQL[vendor].format(
+            pool=pool, columns=", ".join(columns),
+            returning=", ".join(f"i.{column}" for column in columns),
+        )
+        row = _execute_prepared(sql, params)
+        if row is None:
+            return None
+        return Item.from_db(connection.alias, [field.attname for field in _ITEM_FIELDS], row)
+    claimed = next(iter(Item.objects.raw(_CLAIM_SQL[vendor].format(pool=pool), params)), None)
+    if claimed is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(_SQLITE_CLAIMED_CHECKPOINT_SQL, [
+                claimed.run_id, claimed.pk, stamp, actor.pk, actor.display_name, claimed.token,
+                json.dumps({"lease_expires_at": claimed.lease_expires_at.isoformat()}),
+            ])
+    return claimed
+
+
+_ITEM_FIELDS = Item._meta.concrete_fields
+
+
+def _execute_prepared(sql: str, params: list) -> tuple | None:
+    """Run a statement as a server-side prepared statement on PostgreSQL; its first row.
+
+    Django's cursors bind parameters on the client, so PostgreSQL plans every statement anew:
+    for the claim, planning costs as much as running it. A prepared statement is planned once
+    per connection (psycopg keeps them, keyed by the SQL text and the parameter types).
+    """
+    import psycopg
+
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchone() if cursor.description else None
+
+
+# SQLite has no data-modifying CTE: the checkpoint is the transaction's second statement.
+_SQLITE_CLAIMED_CHECKPOINT_SQL = """
+    INSERT INTO board_checkpoint
+        (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
+    VALUES (%s, %s, 'claimed', %s, %s, %s, %s, '', %s)
+"""
 
 
 def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> Item:
     # The teams go into the claim statement as a subquery: no round trip of their own.
-    work_teams = teams_for(actor, Capability.WORK).values("pk")
-    teams = work_teams.query.sql_with_params()
+    teams = team_ids_sql(actor, Capability.WORK)
     now = timezone.now()
     scope = {"run_id": run.pk if run else None, "item_id": item.pk if item else None}
     with transaction.atomic():
         _lock_claimant(actor)
         claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
         if claimed is None:
-            team_ids = [team["pk"] for team in work_teams]
+            team_ids = list(teams_for(actor, Capability.WORK).values_list("pk", flat=True))
             if not team_ids:
                 raise NothingToClaim(
                     "You are not staff on any team, so there is nothing to claim."
@@ -327,11 +381,6 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
             if item is not None:
                 raise NotAvailable(_not_available_message(item.pk))
             raise NothingToClaim("Nothing is available to claim right now.")
-        checkpoint_append(
-            run_id=claimed.run_id, kind=CheckpointKind.CLAIMED, actor=actor,
-            item_id=claimed.pk, token=claimed.token, at=now,
-            data={"lease_expires_at": claimed.lease_expires_at.isoformat()},
-        )
         _schedule_expiry(claimed)
     if run is not None:
         claimed.run = run
@@ -360,18 +409,10 @@ def _not_available_message(item_id: int) -> str:
 
 
 def _schedule_expiry(item: Item) -> None:
-    from board.tasks import expire_claim
-
-    item_id, token, eta = item.pk, item.token, item.lease_expires_at
-
-    def enqueue() -> None:
-        try:
-            expire_claim.apply_async((item_id, token), eta=eta)
-        except Exception:  # noqa: BLE001 - a broker outage must not fail the claim
-            # The periodic sweep, or the next claim after the grace period, expires it.
-            log.warning("could not schedule the lease timer for item %s", item_id, exc_info=True)
-
-    transaction.on_commit(enqueue)
+    """The lease timer, handed to the timer outbox once the claim or extend has committed."""
+    transaction.on_commit(partial(
+        timer_schedule, item_id=item.pk, token=item.token, eta=item.lease_expires_at
+    ))
 
 
 # --- Holder actions -------------------------------------------------------------------------
@@ -382,6 +423,8 @@ def _stale_token_message(item_id: int, token: int, actor: User) -> str:
     item = Item.objects.select_related("holder").filter(pk=item_id).first()
     if item is None:
         return "That item no longer exists."
+    if not 0 < token <= item.token:
+        return f"Token {token} was never issued for “{item.title}”: act with your claim's token."
     last_end = (
         Checkpoint.objects.filter(
             item_id=item_id, token=token,

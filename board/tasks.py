@@ -16,6 +16,13 @@ def expire_claim(item_id: int, token: int) -> str:
     return f"item {item_id} token {token}: lease ran out, now {item.state}"
 
 
+@shared_task(name="board.tasks.expire_claims")
+def expire_claims(claims: list[list[int]]) -> str:
+    """The lease timers of several claims whose leases ended within the same moment
+    (board/timers.py); each is expired, or found no longer live, on its own."""
+    return "; ".join(expire_claim(item_id, token) for item_id, token in claims)
+
+
 @shared_task(name="board.tasks.sweep_expired_leases")
 def sweep_expired_leases() -> str:
     outcome = f"expired {leases_sweep()} stale claims"

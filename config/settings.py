@@ -103,6 +103,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Django turns psycopg's prepared statements off (prepare_threshold None), and then a
+    # statement that asks to be prepared is not. With a threshold no query reaches, only the
+    # statements that ask (the claim, board/services.py) are prepared, once per connection.
+    DATABASES["default"]["OPTIONS"] = {"prepare_threshold": 2**31 - 1}
 else:
     raise ImproperlyConfigured("DATABASE_URL must name a sqlite:// or postgres:// database")
 
@@ -166,6 +170,8 @@ DEFAULT_LEASE = timedelta(minutes=env_int("DEFAULT_LEASE_MINUTES", 15, minimum=1
 DEFAULT_MAX_ATTEMPTS = env_int("DEFAULT_MAX_ATTEMPTS", 3, minimum=1)
 WIP_LIMIT = env_int("WIP_LIMIT", 2, minimum=1)
 LEASE_SWEEP_SECONDS = env_int("LEASE_SWEEP_SECONDS", 30, minimum=1)
+# Lease timers of claims ending within this many seconds share one message (board/timers.py).
+TIMER_BUCKET_SECONDS = env_int("TIMER_BUCKET_SECONDS", 1, minimum=1)
 # A repeated request is answered from its stored first outcome for at least this long; a day
 # is the floor so a client retrying the next morning still gets the first outcome.
 IDEMPOTENCY_KEY_RETENTION_HOURS = env_int("IDEMPOTENCY_KEY_RETENTION_HOURS", 48, minimum=24)

@@ -17,7 +17,7 @@ from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import Field, Header, NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
-from pydantic import ConfigDict, PlainSerializer
+from pydantic import AfterValidator, ConfigDict, PlainSerializer, StrictInt
 
 from accounts import access
 from accounts.access import Capability
@@ -49,6 +49,19 @@ def _iso(value: datetime) -> str:
 IsoTime = Annotated[datetime, PlainSerializer(_iso, return_type=str)]
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text, and it would end up raw in the trail export.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+# A fencing token as issued: a whole number (not true/false, not 3.0) in the database's range.
+ClaimToken = Annotated[StrictInt, Field(ge=0, le=2**63 - 1,
+                                        description="the fencing token of your claim")]
+
+
 # --- Schemas --------------------------------------------------------------------------------
 
 
@@ -72,24 +85,26 @@ class ClaimOut(Schema):
 
 class ClaimNextIn(Schema):
     model_config = ConfigDict(extra="forbid")
-    run: int | None = Field(None, description="only claim from this run")
+    run: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)] | None = Field(
+        None, description="only claim from this run"
+    )
 
 
 class CompleteIn(Schema):
     model_config = ConfigDict(extra="forbid")
-    token: int = Field(ge=0, description="the fencing token of your claim")
-    note: str = Field("", max_length=2000)
+    token: ClaimToken
+    note: Text = Field("", max_length=2000)
 
 
 class AbandonIn(Schema):
     model_config = ConfigDict(extra="forbid")
-    token: int = Field(ge=0, description="the fencing token of your claim")
-    reason: str = Field(max_length=2000, description="why you give the item back")
+    token: ClaimToken
+    reason: Text = Field(max_length=2000, description="why you give the item back")
 
 
 class ExtendIn(Schema):
     model_config = ConfigDict(extra="forbid")
-    token: int = Field(ge=0, description="the fencing token of your claim")
+    token: ClaimToken
 
 
 class RunItemOut(Schema):

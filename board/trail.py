@@ -69,7 +69,20 @@ def trail_export(*, run: Run, fmt: str, out: TextIO) -> None:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow(row)
+            writer.writerow({column: _spreadsheet_safe(value) for column, value in row.items()})
     else:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV
+# injection"): a reason typed as =HYPERLINK(...) must reach the auditor as text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_safe(value: Any) -> Any:
+    """Text that a spreadsheet would take for a formula, quoted with a leading apostrophe
+    (the convention spreadsheets show as plain text); JSON Lines keeps the text as it is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value

@@ -190,6 +190,9 @@ SETTING_MAXIMUMS = {
     "max_lease_minutes": 30 * 24 * 60,
     "max_attempts": 100,
     "wip_limit": 100,
+    # A year of work: any step estimate beyond it is a typo, and it keeps the value inside the
+    # databases' 32-bit integer column.
+    "estimate_minutes": 365 * 24 * 60,
 }
 
 

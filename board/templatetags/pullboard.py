@@ -35,3 +35,14 @@ def minutes(duration) -> str:
     if hours and mins:
         return f"{hours} h {mins} min"
     return f"{hours} h" if hours else f"{mins} min"
+
+
+@register.filter
+def time_left(moment, now) -> str:
+    """What is left of a lease: "less than a minute" under a minute (timeuntil would say
+    "0 minutes"), else timeuntil's words."""
+    from django.utils.timesince import timeuntil
+
+    if (moment - now).total_seconds() < 60:
+        return "less than a minute"
+    return timeuntil(moment, now)

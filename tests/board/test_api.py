@@ -181,6 +181,20 @@ def test_complete_with_an_old_token_is_409_with_the_reason(api_as, staff, make_r
     assert kinds(run)[-1] == CheckpointKind.CLAIMED
 
 
+@pytest.mark.parametrize("token", [0, 2, 10**12])
+def test_complete_with_a_token_never_issued_says_so(api_as, staff, make_run, token):
+    run = make_run()
+    item = item_claim_next(actor=staff)
+    assert item.token == 1
+
+    response = api_as(staff).post(f"/items/{item.pk}/complete", {"token": token})
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"Token {token} was never issued for “{item.title}”: "
+                                         "act with your claim's token."}
+    assert kinds(run) == [CheckpointKind.LAUNCHED, CheckpointKind.CLAIMED]
+
+
 def test_messages_show_times_in_the_callers_time_zone(api_as, staff, make_run):
     type(staff).objects.filter(pk=staff.pk).update(time_zone="Asia/Kolkata")
     staff.refresh_from_db()
@@ -439,8 +453,13 @@ def test_a_post_without_an_idempotency_key_is_422(api_as, staff, make_run):
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ({"token": "abc"}, "Invalid request: “token”: input should be a valid integer, unable to "
-                       "parse string as an integer."),
+    ({"token": "abc"}, "Invalid request: “token”: input should be a valid integer."),
+    ({"token": True}, "Invalid request: “token”: input should be a valid integer."),
+    ({"token": 1.0}, "Invalid request: “token”: input should be a valid integer."),
+    ({"token": 2**70}, "Invalid request: “token”: input should be less than or equal to "
+                       "9223372036854775807."),
+    ({"token": 1, "note": "a\x00b"}, "Invalid request: “note”: value error, must not contain "
+                                     "NUL characters."),
     ({"token": 1, "notes": "typo"}, "Invalid request: “notes”: extra inputs are not "
                                     "permitted."),
     ([1, 2], "Invalid request: the JSON body: input should be a valid dictionary or object to "

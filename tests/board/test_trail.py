@@ -129,6 +129,22 @@ def test_run_level_checkpoints_have_an_empty_item(worked_run, staff):
             last["token"], last["reason"]) == (6, "run_cancelled", None, "", None, "dup")
 
 
+def test_csv_quotes_text_a_spreadsheet_would_run_as_a_formula(make_run, staff):
+    run = make_run()
+    item = item_claim_next(actor=staff)
+    item_abandon(item_id=item.pk, token=item.token, actor=staff,
+                 reason='=HYPERLINK("http://evil.example","click")')
+    csv_out, jsonl_out = io.StringIO(), io.StringIO()
+
+    trail_export(run=run, fmt="csv", out=csv_out)
+    trail_export(run=run, fmt="jsonl", out=jsonl_out)
+
+    csv_reason = list(csv.DictReader(io.StringIO(csv_out.getvalue())))[-1]["reason"]
+    assert csv_reason == "'=HYPERLINK(\"http://evil.example\",\"click\")"
+    jsonl_reason = json.loads(jsonl_out.getvalue().splitlines()[-1])["reason"]
+    assert jsonl_reason == '=HYPERLINK("http://evil.example","click")'
+
+
 def test_seq_counts_within_the_run_only(worked_run, make_run):
     other = make_run(title="another incident")
 

@@ -48,6 +48,19 @@ def kinds(run) -> list[str]:
 # --- Board ----------------------------------------------------------------------------------
 
 
+def test_my_work_says_less_than_a_minute_when_the_lease_is_nearly_over(
+    as_user, staff, make_run, make_runbook
+):
+    run = make_run(runbook=make_runbook(lease=timedelta(seconds=40)))
+    item_claim_next(actor=staff, run=run)
+
+    page = as_user(staff).get(reverse("board:board")).content.decode()
+
+    assert "(less than a minute left)" in page
+    assert "0\xa0minutes" not in page and "0 minutes" not in page
+
+
+
 def test_board_shows_only_my_teams_runs(as_user, staff, outsider, make_run, make_runbook,
                                         other_team):
     make_run(title="INC-1 ops primary down")

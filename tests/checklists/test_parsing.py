@@ -803,6 +803,10 @@ def test_yaml_step_waiting_for_itself_is_a_cycle():
             "{title: Restore, estimate_minutes: -1}",
             "step 3 ('Restore'): 'estimate_minutes' must be a positive whole number",
         ),
+        (
+            "{title: Restore, estimate_minutes: 100000000000000000000}",
+            "step 3 ('Restore'): 'estimate_minutes' must be at most 525,600",
+        ),
     ],
 )
 def test_yaml_field_of_the_wrong_type_names_the_field_and_the_step(step, expected):

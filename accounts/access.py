@@ -29,14 +29,59 @@ ROLE_CAPABILITIES: dict[str, tuple[Capability, ...]] = {
 }
 
 
+# Where team_ids keeps what it read, on the user object.
+_REMEMBERED = "_pullboard_team_ids"
+
+
+def team_ids(user: User, *capabilities: Capability) -> frozenset[int]:
+    """Ids of the teams on which the user holds any of the capabilities (all if none named).
+
+    Read once per user object and remembered on it: a request loads its user afresh, so a
+    page or an API call asks the database once, however many checks it makes, and a role
+    granted or revoked counts from the next request on. grant_role and revoke_all forget
+    what they change on the object they are given.
+    """
+    if not user.is_authenticated or not user.is_active:
+        return frozenset()
+    held = user.__dict__.get(_REMEMBERED)
+    if held is None:
+        held = user.__dict__[_REMEMBERED] = _capabilities_held(user)
+    return frozenset().union(*(held.get(c, ()) for c in (capabilities or tuple(Capability))))
+
+
+def _capabilities_held(user: User) -> dict[Capability, frozenset[int]]:
+    """Every capability of the user, team by team, in one query: the same rule as
+    _permitted_teams (the user's own object permissions and their groups', all teams for a
+    superuser), read from guardian's tables directly, for all capabilities at once."""
+    from django.contrib.contenttypes.models import ContentType
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    if user.is_superuser:
+        every = frozenset(Team.objects.values_list("pk", flat=True))
+        return {capability: every for capability in Capability}
+    by_codename = {capability.split(".", 1)[1]: capability for capability in Capability}
+    scope = {"content_type": ContentType.objects.get_for_model(Team),
+             "permission__codename__in": list(by_codename)}
+    own = UserObjectPermission.objects.filter(user=user, **scope)
+    via_groups = GroupObjectPermission.objects.filter(group__user=user, **scope)
+    held: dict[Capability, set[int]] = {}
+    for team_pk, codename in own.values_list("object_pk", "permission__codename").union(
+        via_groups.values_list("object_pk", "permission__codename")
+    ):
+        held.setdefault(by_codename[codename], set()).add(int(team_pk))
+    return {capability: frozenset(teams) for capability, teams in held.items()}
+
+
+def _permitted_teams(user: User, permissions: tuple[str, ...]) -> QuerySet[Team]:
+    """The rule itself: guardian's object permissions on teams, read by the database."""
+    return get_objects_for_user(
+        user, list(permissions), klass=Team, any_perm=True, accept_global_perms=False
+    )
+
+
 def teams_for(user: User, *capabilities: Capability) -> QuerySet[Team]:
     """Teams on which the user holds any of the capabilities (all capabilities if none named)."""
-    if not user.is_authenticated or not user.is_active:
-        return Team.objects.none()
-    wanted = [str(c) for c in (capabilities or tuple(Capability))]
-    return get_objects_for_user(
-        user, wanted, klass=Team, any_perm=True, accept_global_perms=False
-    )
+    return Team.objects.filter(pk__in=team_ids(user, *capabilities))
 
 
 def team_ids_sql(user: User, capability: Capability) -> tuple[str, tuple]:
@@ -62,41 +107,45 @@ def team_ids_sql(user: User, capability: Capability) -> tuple[str, tuple]:
 def _team_ids_sql(user_id: int, is_active: bool, is_superuser: bool, capability: str,
                   alias: str, team_type: int) -> tuple[str, tuple]:
     user = User(pk=user_id, is_active=is_active, is_superuser=is_superuser)
-    query = teams_for(user, Capability(capability)).values("pk").query
+    if not is_active:
+        return "SELECT NULL WHERE FALSE", ()
+    query = _permitted_teams(user, (capability,)).values("pk").query
     sql, params = query.get_compiler(alias).as_sql()
     return sql, tuple(params)
 
 
 def has_capability(user: User, team: Team, capability: Capability) -> bool:
-    return teams_for(user, capability).filter(pk=team.pk).exists()
+    return team.pk in team_ids(user, capability)
 
 
 def grant_role(*, user: User, team: Team, role: str) -> None:
     for capability in ROLE_CAPABILITIES[role]:
         assign_perm(str(capability), user, team)
+    user.__dict__.pop(_REMEMBERED, None)
 
 
 def revoke_all(*, user: User, team: Team) -> None:
     for capability in Capability:
         remove_perm(str(capability), user, team)
+    user.__dict__.pop(_REMEMBERED, None)
 
 
 def visible_runs(user: User) -> "QuerySet":
     from board.models import Run
 
-    return Run.objects.filter(team__in=teams_for(user))
+    return Run.objects.filter(team_id__in=team_ids(user))
 
 
 def workable_runs(user: User) -> "QuerySet":
     from board.models import Run
 
-    return Run.objects.filter(team__in=teams_for(user, Capability.WORK))
+    return Run.objects.filter(team_id__in=team_ids(user, Capability.WORK))
 
 
 def visible_runbooks(user: User) -> "QuerySet":
     from checklists.models import Runbook
 
-    return Runbook.objects.filter(team__in=teams_for(user))
+    return Runbook.objects.filter(team_id__in=team_ids(user))
 
 
 def get_run(user: User, run_id: int, capability: Capability | None = None):

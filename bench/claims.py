@@ -349,6 +349,12 @@ class ServiceClaimer(Claimer):
         # Warm up: the first claim of a process pays for imports, caches and the broker
         # connection; it goes to the warm-up run, before the start line.
         item_claim_next(actor=self.user, run=Run.objects.get(pk=target.warm_run_id))
+        # Its lease timer too: the first message a process sends sets up Celery's producer
+        # and the broker connection (seconds, with 64 processes starting on 2 cores), which
+        # would otherwise happen in the timer thread after the start line.
+        from board.timers import outbox
+
+        outbox.flush()
 
     def claim(self):
         from board.errors import NothingToClaim

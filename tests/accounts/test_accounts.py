@@ -88,3 +88,31 @@ def test_create_user_refuses_bad_username_or_weak_password(args, message):
 def test_create_user_prints_the_team_slug_it_made():
     assert _create_user("zed", "--role", "auditor", "--team", "Night Shift",
                         "--password", "long-enough-pw-1") == "zed: auditor on team night-shift"
+
+
+def test_a_revoked_role_counts_from_the_next_request(client, staff, team, make_run):
+    run = make_run()
+    client.force_login(staff)
+    assert client.get(f"/runs/{run.pk}/").status_code == 200
+
+    # Revoked through another object, as an admin's request would: the next request of the
+    # user loads the user afresh and reads the permissions again.
+    access.revoke_all(user=User.objects.get(pk=staff.pk), team=team)
+
+    assert client.get(f"/runs/{run.pk}/").status_code == 404
+
+
+def test_access_checks_of_one_user_object_read_the_permissions_once(
+    staff, make_run, django_assert_num_queries
+):
+    run = make_run()
+
+    def check():
+        assert access.has_capability(staff, run.team, Capability.WORK)
+        assert not access.has_capability(staff, run.team, Capability.MANAGE)
+        assert access.team_ids(staff, Capability.WORK) == {run.team_id}
+
+    check()
+    with django_assert_num_queries(0):
+        check()
+        check()

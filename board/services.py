@@ -559,17 +559,109 @@ def item_expire(*, item_id: int, token: int, now: datetime | None = None) -> Ite
     return item
 
 
-def leases_sweep(*, now: datetime | None = None, grace: timedelta = timedelta(0)) -> int:
-    """Expire every claim whose lease passed more than `grace` ago; returns how many."""
+def leases_sweep(*, now: datetime | None = None, grace: timedelta = timedelta(0),
+                 batch_size: int | None = None) -> int:
+    """Expire every claim whose lease passed more than `grace` ago; returns how many.
+
+    In batches of `batch_size` (SWEEP_BATCH_SIZE), one transaction and a fixed number of
+    statements each, so a backlog of a hundred thousand claims after a broker outage costs a
+    few dozen round trips and no more memory than one batch. Each item is released exactly as
+    item_expire releases it (to the pool, or to the stuck lane with its attempts used up) with
+    its one `expired` or `stuck` checkpoint. Two sweeps, or a sweep and the per-claim timers,
+    running at once never release an item twice: on PostgreSQL each locks its batch with SKIP
+    LOCKED; on SQLite writers take turns; and the release re-checks state and lease.
+    """
     now = now or timezone.now()
+    batch_size = batch_size or settings.SWEEP_BATCH_SIZE
+    cutoff = connection.ops.adapt_datetimefield_value(now - grace)
+    stamp = connection.ops.adapt_datetimefield_value(now)
     expired = 0
-    stale = Item.objects.filter(
-        state=ItemState.CLAIMED, lease_expires_at__lte=now - grace
-    ).values_list("pk", "token")
-    for item_id, token in stale.iterator(chunk_size=500):
-        if item_expire(item_id=item_id, token=token, now=now) is not None:
-            expired += 1
-    return expired
+    while True:
+        with transaction.atomic():
+            released = _sweep_batch(cutoff=cutoff, stamp=stamp, batch_size=batch_size)
+        expired += released
+        if released < batch_size:
+            return expired
+
+
+# One batch of the sweep. Released as _release does: attempts + 1, to `stuck` when that uses
+# up the run's max_attempts, else back to `available`; the checkpoint's data as item_expire's.
+_SWEEP_SQL = {
+    "postgresql": """
+        WITH stale AS (
+            SELECT id FROM board_item
+            WHERE state = 'claimed' AND lease_expires_at <= %s
+            ORDER BY lease_expires_at
+            LIMIT %s
+            FOR UPDATE SKIP LOCKED
+        ), released AS (
+            UPDATE board_item AS i
+            SET state = CASE WHEN i.attempts + 1 >= r.max_attempts THEN 'stuck'
+                             ELSE 'available' END,
+                attempts = i.attempts + 1, holder_id = NULL, lease_expires_at = NULL,
+                claimed_at = NULL
+            FROM stale, board_run r
+            WHERE i.id = stale.id AND r.id = i.run_id
+              AND i.state = 'claimed' AND i.lease_expires_at <= %s
+            RETURNING i.id, i.run_id, i.token, i.state, i.attempts
+        ), logged AS (
+            INSERT INTO board_checkpoint
+                (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
+            SELECT run_id, id, CASE WHEN state = 'stuck' THEN 'stuck' ELSE 'expired' END, %s,
+                   NULL, %s, token, '',
+                   CASE WHEN state = 'stuck'
+                        THEN jsonb_build_object('attempts', attempts, 'cause', 'expired')
+                        ELSE jsonb_build_object('attempts', attempts) END
+            FROM released
+            RETURNING 1
+        )
+        SELECT count(*) FROM logged
+    """,
+    # SQLite runs one writer at a time (BEGIN IMMEDIATE), so the batch needs no lock; it has
+    # no data-modifying CTE, so the checkpoints are the batch's second statement.
+    "sqlite": """
+        UPDATE board_item
+        SET state = CASE WHEN attempts + 1 >= (
+                SELECT r.max_attempts FROM board_run r WHERE r.id = board_item.run_id
+            ) THEN 'stuck' ELSE 'available' END,
+            attempts = attempts + 1, holder_id = NULL, lease_expires_at = NULL,
+            claimed_at = NULL
+        WHERE id IN (
+            SELECT id FROM board_item
+            WHERE state = 'claimed' AND lease_expires_at <= %s
+            ORDER BY lease_expires_at
+            LIMIT %s
+        )
+        RETURNING id, run_id, token, state, attempts
+    """,
+}
+_SQLITE_SWEEP_CHECKPOINTS_SQL = """
+    INSERT INTO board_checkpoint
+        (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
+    SELECT json_extract(value, '$[1]'), json_extract(value, '$[0]'),
+           CASE WHEN json_extract(value, '$[3]') = 'stuck' THEN 'stuck' ELSE 'expired' END,
+           %s, NULL, %s, json_extract(value, '$[2]'), '',
+           CASE WHEN json_extract(value, '$[3]') = 'stuck'
+                THEN json_object('attempts', json_extract(value, '$[4]'), 'cause', 'expired')
+                ELSE json_object('attempts', json_extract(value, '$[4]')) END
+    FROM json_each(%s)
+"""
+
+
+def _sweep_batch(*, cutoff: str, stamp: str, batch_size: int) -> int:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_SWEEP_SQL["postgresql"],
+                           [cutoff, batch_size, cutoff, stamp, TIMER_ACTOR])
+            return cursor.fetchone()[0]
+        cursor.execute(_SWEEP_SQL["sqlite"], [cutoff, batch_size])
+        released = cursor.fetchall()
+        if released:
+            # The released rows go back in as one JSON parameter: one INSERT per batch,
+            # whatever SQLite's limit on bound parameters.
+            cursor.execute(_SQLITE_SWEEP_CHECKPOINTS_SQL,
+                           [stamp, TIMER_ACTOR, json.dumps(released)])
+        return len(released)
 
 
 @transaction.atomic

@@ -369,6 +369,8 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
     with transaction.atomic():
         _lock_claimant(actor)
         claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
+        if claimed is None and _release_lapsed_beyond_grace(now):
+            claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
         if claimed is None:
             team_ids = list(teams_for(actor, Capability.WORK).values_list("pk", flat=True))
             if not team_ids:
@@ -385,6 +387,24 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
     if run is not None:
         claimed.run = run
     return claimed
+
+
+def _release_lapsed_beyond_grace(now: datetime) -> int:
+    """No freeze without the broker: when a claim finds nothing, claims whose lease ran out
+    more than LEASE_GRACE_SECONDS ago (their timer lost, the sweep not running) go back to
+    the pool first, with their `expired` checkpoints written now; returns how many.
+
+    One bounded batch, the oldest first, so a claim never pays for a whole backlog; the
+    sweep catches up with the rest when the broker is back.
+    """
+    return _sweep_batch(
+        cutoff=connection.ops.adapt_datetimefield_value(now - settings.LEASE_GRACE),
+        stamp=connection.ops.adapt_datetimefield_value(now),
+        batch_size=CLAIM_TIME_RELEASE_LIMIT,
+    )
+
+
+CLAIM_TIME_RELEASE_LIMIT = 500
 
 
 def item_claim_next(*, actor: User, run: Run | None = None) -> Item:

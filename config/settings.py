@@ -170,6 +170,9 @@ DEFAULT_LEASE = timedelta(minutes=env_int("DEFAULT_LEASE_MINUTES", 15, minimum=1
 DEFAULT_MAX_ATTEMPTS = env_int("DEFAULT_MAX_ATTEMPTS", 3, minimum=1)
 WIP_LIMIT = env_int("WIP_LIMIT", 2, minimum=1)
 LEASE_SWEEP_SECONDS = env_int("LEASE_SWEEP_SECONDS", 30, minimum=1)
+# A claim lapsed this long is taken back at claim time when its timer and the sweep have
+# not run (the broker or the worker down), so the board never freezes.
+LEASE_GRACE = timedelta(seconds=env_int("LEASE_GRACE_SECONDS", 120, minimum=0))
 # Claims the sweep expires per transaction: bounded, so a long backlog never holds locks long.
 SWEEP_BATCH_SIZE = env_int("SWEEP_BATCH_SIZE", 5000, minimum=1)
 # Lease timers of claims ending within this many seconds share one message (board/timers.py).

@@ -46,3 +46,16 @@ def time_left(moment, now) -> str:
     if (moment - now).total_seconds() < 60:
         return "less than a minute"
     return timeuntil(moment, now)
+
+
+@register.filter
+def with_zone(moment, fmt: str = "H:i") -> str:
+    """The moment in the viewer's zone as `fmt` (a date format) and the zone's abbreviation,
+    also in the hour a daylight-saving change repeats, where the date filter's "T" gives
+    nothing and "02:30" alone could be either of two moments."""
+    from django.utils import dateformat, timezone
+
+    if moment is None:
+        return ""
+    local = timezone.localtime(moment)
+    return f"{dateformat.format(local, fmt)} {local.tzname()}"

@@ -1,7 +1,8 @@
 """Extend, requeue, skip and the per-run WIP limit: each test checks the new state AND exactly
 the checkpoints written (or that nothing was written when the action is refused)."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
@@ -22,6 +23,7 @@ from board.services import (
 from tests.board.test_services import ONE_STEP, PARALLEL, T0, items, states, trail
 
 LEASE = timedelta(minutes=15)
+BERLIN = ZoneInfo("Europe/Berlin")
 
 
 @pytest.fixture
@@ -428,3 +430,33 @@ def test_an_expired_claim_frees_its_wip_slot(settings, make_runbook, make_run, s
         (CheckpointKind.EXPIRED, 1, 1, TIMER_ACTOR),
         (CheckpointKind.CLAIMED, 1, 2, staff.display_name),
     ]
+
+
+# --- Daylight-saving changes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("claimed_at", "shown"), [
+    # Berlin springs forward at 01:00 UTC on 29 March 2026 (02:00 CET becomes 03:00 CEST).
+    (datetime(2026, 3, 29, 0, 30, tzinfo=UTC), "03:30 CEST"),
+    # ... and falls back at 01:00 UTC on 25 October 2026 (03:00 CEST becomes 02:00 CET).
+    (datetime(2026, 10, 25, 0, 30, tzinfo=UTC), "02:30 CET"),
+])
+def test_a_lease_across_a_daylight_saving_change_lasts_exactly_its_length(
+    make_runbook, make_run, staff, client, settings, claimed_at, shown
+):
+    settings.TIME_ZONE = "Europe/Berlin"
+    type(staff).objects.filter(pk=staff.pk).update(time_zone="Europe/Berlin")
+    run = make_run(runbook=make_runbook(ONE_STEP, filename="one.md",
+                                        lease=timedelta(hours=1)))
+    claim = claim_at(claimed_at, staff, run)
+    end = claimed_at + timedelta(hours=1)
+
+    assert claim.lease_expires_at == end
+    with time_machine.travel(end - timedelta(seconds=1), tick=False):
+        assert item_expire(item_id=claim.pk, token=claim.token) is None
+        client.force_login(staff)
+        assert f"Lease until <time datetime=\"{end.astimezone(BERLIN).isoformat()}\">{shown}" \
+            in client.get("/").content.decode()
+    with time_machine.travel(end, tick=False):
+        assert item_expire(item_id=claim.pk, token=claim.token).state == ItemState.AVAILABLE
+    assert trail(run)[-1][0] == CheckpointKind.EXPIRED

@@ -1,15 +1,17 @@
 """The periodic sweep: every lapsed claim released once, in bounded batches of a fixed
 number of statements, exactly as the per-claim timer releases it."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from board.errors import NothingToClaim
 from board.models import Checkpoint, CheckpointKind, Item, ItemState, Run
-from board.services import item_claim_next, item_expire, leases_sweep
+from board.services import item_claim, item_claim_next, item_expire, leases_sweep
 
 PARALLEL = "---\nflow: parallel\n---\n# Flush\n\n" + "".join(f"- Node {n}\n" for n in range(25))
 
@@ -91,3 +93,58 @@ def test_each_batch_costs_a_fixed_number_of_statements(lapsed):
     statements = [q["sql"] for q in captured.captured_queries
                   if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
     assert len(statements) == 3 * per_batch, statements
+
+
+# --- No freeze without the broker: claims lapsed beyond the grace come back at claim time ----
+
+ONE_STEP = "# Restart the queue\n\n- Restart the queue consumer\n"
+T0 = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def lapsing_claim(make_runbook, make_run, staff):
+    """The only item of a run, claimed by staff at T0 with a 15-minute lease and no timer or
+    sweep running afterwards (as when the broker is down)."""
+    run = make_run(runbook=make_runbook(ONE_STEP, filename="one.md"))
+    with time_machine.travel(T0, tick=False):
+        claim = item_claim_next(actor=staff, run=run)
+    return run, claim
+
+
+def trail(run) -> list[tuple[str, int | None, str]]:
+    return list(Checkpoint.objects.filter(run=run).exclude(kind=CheckpointKind.LAUNCHED)
+                .order_by("id").values_list("kind", "token", "actor_name"))
+
+
+def test_a_claim_lapsed_within_the_grace_is_not_taken_back(lapsing_claim, teammate, settings):
+    run, claim = lapsing_claim
+    settings.LEASE_GRACE = timedelta(minutes=2)
+
+    with time_machine.travel(T0 + timedelta(minutes=16), tick=False):
+        with pytest.raises(NothingToClaim):
+            item_claim_next(actor=teammate)
+
+    assert Item.objects.get(pk=claim.pk).holder_id == claim.holder_id
+    assert trail(run) == [("claimed", 1, "sam")]
+
+
+@pytest.mark.parametrize("how", ["next", "this item"])
+def test_a_claim_lapsed_beyond_the_grace_is_taken_back_at_claim_time(
+    lapsing_claim, teammate, settings, how
+):
+    run, claim = lapsing_claim
+    settings.LEASE_GRACE = timedelta(minutes=2)
+    later = T0 + timedelta(minutes=17, seconds=1)
+
+    with time_machine.travel(later, tick=False):
+        if how == "next":
+            taken = item_claim_next(actor=teammate)
+        else:
+            taken = item_claim(item=Item.objects.get(pk=claim.pk), actor=teammate)
+
+    assert (taken.pk, taken.holder_id, taken.token, taken.attempts) == (
+        claim.pk, teammate.pk, 2, 1
+    )
+    assert trail(run) == [("claimed", 1, "sam"), ("expired", 1, "lease timer"),
+                          ("claimed", 2, "tia")]
+    assert Checkpoint.objects.get(run=run, kind=CheckpointKind.EXPIRED).at == later

@@ -181,6 +181,10 @@ TIMER_BUCKET_SECONDS = env_int("TIMER_BUCKET_SECONDS", 1, minimum=1)
 # is the floor so a client retrying the next morning still gets the first outcome.
 IDEMPOTENCY_KEY_RETENTION_HOURS = env_int("IDEMPOTENCY_KEY_RETENTION_HOURS", 48, minimum=24)
 
+# The longest a claim can be held: a run's lease cap (max_lease) is at most 30 days
+# (checklists/parsing.py, SETTING_MAXIMUMS).
+LONGEST_LEASE = timedelta(days=30)
+
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_FILESYSTEM_FOLDER = Path(env_str("CELERY_FILESYSTEM_FOLDER", str(VAR_DIR / "celery")))
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -194,9 +198,16 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # Redis redelivers an unacknowledged ETA task after the visibility timeout; it must
-        # outlast the longest lease or a timer would be delivered twice (harmless, but noisy).
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60),
+        # Redis hands a task that a worker has taken but not acknowledged to another worker
+        # after the visibility timeout. A lease timer waits in its worker until the lease
+        # ends, so a timeout shorter than the longest lease would deliver it again and again
+        # (each copy finds nothing to do, but they pile up). Longer than the longest lease,
+        # a timer held by a worker that died comes back only after it: the sweep has expired
+        # that claim long before.
+        "visibility_timeout": env_int(
+            "CELERY_VISIBILITY_TIMEOUT", int(LONGEST_LEASE.total_seconds()) + 3600,
+            minimum=60,
+        ),
     }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True

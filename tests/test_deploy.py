@@ -53,3 +53,18 @@ def test_a_post_without_csrf_token_is_refused_with_a_readable_page(client, djang
     assert "Page out of date" in plain.content.decode()
     assert "Reload the page" in htmx.content.decode()
     assert htmx["HX-Retarget"] == "#flash"
+
+
+def test_redis_redelivers_no_lease_timer_before_the_longest_lease_has_ended():
+    from checklists.parsing import SETTING_MAXIMUMS
+
+    done = _manage(
+        "shell", "-c",
+        "from django.conf import settings; "
+        "print(settings.CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'])",
+        env={**PRODUCTION_ENV, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"},
+    )
+    assert done.returncode == 0, done.stderr
+    longest_lease = max(SETTING_MAXIMUMS["max_lease_minutes"],
+                        4 * SETTING_MAXIMUMS["lease_minutes"]) * 60
+    assert int(done.stdout.split()[-1]) > longest_lease

@@ -67,7 +67,12 @@ class TimerOutbox:
         for timers in buckets.values():
             claims = [[item_id, token] for item_id, token, _eta in timers]
             try:
-                expire_claims.apply_async((claims,), eta=max(eta for *_, eta in timers))
+                # One quick retry, not Celery's default of three spaced ones: a broker that
+                # is down must not hold up the others (or a process's exit) for seconds.
+                expire_claims.apply_async(
+                    (claims,), eta=max(eta for *_, eta in timers),
+                    retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0},
+                )
                 sent += 1
             except Exception:  # noqa: BLE001 - a broker outage must not lose the others
                 log.warning("could not send the lease timers of %d claims; the sweep will "

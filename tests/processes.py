@@ -1,8 +1,9 @@
-"""Real Celery processes for the tests that prove timing and fault behaviour."""
+"""Real Celery and Redis processes for the tests that prove timing and fault behaviour."""
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,3 +89,65 @@ class CeleryProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """A private `redis-server` on a free port of its own, so a test can stop and restart the
+    broker without touching a shared one. Nothing is persisted: a restart starts empty, as a
+    broker that crashed without an append-only file does."""
+
+    def __init__(self, log_path: Path):
+        self.port = free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 15) -> None:
+        """Start (or restart, on the same port) and return once it answers PING."""
+        import redis
+
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            ["redis-server", "--save", "", "--appendonly", "no", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--dir", str(self.log_path.parent)],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        raise RuntimeError(f"redis-server not answering after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        """Terminate the server (SIGTERM: it stops accepting and closes every connection)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -369,7 +369,7 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
     with transaction.atomic():
         _lock_claimant(actor)
         claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
-        if claimed is None and _release_lapsed_beyond_grace(now):
+        if claimed is None and _release_lapsed_beyond_grace(now, teams=teams):
             claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
         if claimed is None:
             team_ids = list(teams_for(actor, Capability.WORK).values_list("pk", flat=True))
@@ -389,18 +389,19 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
     return claimed
 
 
-def _release_lapsed_beyond_grace(now: datetime) -> int:
-    """No freeze without the broker: when a claim finds nothing, claims whose lease ran out
-    more than LEASE_GRACE_SECONDS ago (their timer lost, the sweep not running) go back to
-    the pool first, with their `expired` checkpoints written now; returns how many.
+def _release_lapsed_beyond_grace(now: datetime, *, teams: tuple[str, tuple]) -> int:
+    """No freeze without the broker: when a claim finds nothing, claims in the claimant's
+    teams whose lease ran out more than LEASE_GRACE_SECONDS ago (their timer lost, the sweep
+    not running) go back to the pool first, with their `expired` checkpoints written now;
+    returns how many.
 
-    One bounded batch, the oldest first, so a claim never pays for a whole backlog; the
-    sweep catches up with the rest when the broker is back.
+    One bounded batch, the oldest first, so a claim never pays for a whole backlog, nor for
+    another team's; the sweep catches up with the rest when the broker is back.
     """
     return _sweep_batch(
         cutoff=connection.ops.adapt_datetimefield_value(now - settings.LEASE_GRACE),
         stamp=connection.ops.adapt_datetimefield_value(now),
-        batch_size=CLAIM_TIME_RELEASE_LIMIT,
+        batch_size=CLAIM_TIME_RELEASE_LIMIT, teams=teams,
     )
 
 
@@ -610,7 +611,7 @@ _SWEEP_SQL = {
     "postgresql": """
         WITH stale AS (
             SELECT id FROM board_item
-            WHERE state = 'claimed' AND lease_expires_at <= %s
+            WHERE state = 'claimed' AND lease_expires_at <= %s {scope}
             ORDER BY lease_expires_at
             LIMIT %s
             FOR UPDATE SKIP LOCKED
@@ -648,7 +649,7 @@ _SWEEP_SQL = {
             claimed_at = NULL
         WHERE id IN (
             SELECT id FROM board_item
-            WHERE state = 'claimed' AND lease_expires_at <= %s
+            WHERE state = 'claimed' AND lease_expires_at <= %s {scope}
             ORDER BY lease_expires_at
             LIMIT %s
         )
@@ -668,13 +669,20 @@ _SQLITE_SWEEP_CHECKPOINTS_SQL = """
 """
 
 
-def _sweep_batch(*, cutoff: str, stamp: str, batch_size: int) -> int:
+def _sweep_batch(*, cutoff: str, stamp: str, batch_size: int,
+                 teams: tuple[str, tuple] | None = None) -> int:
+    """One batch; only the runs of `teams` (SQL and params of team ids) when given."""
+    scope, scope_params = "", []
+    if teams is not None:
+        scope = f"AND run_id IN (SELECT id FROM board_run WHERE team_id IN ({teams[0]}))"
+        scope_params = list(teams[1])
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(_SWEEP_SQL["postgresql"],
-                           [cutoff, batch_size, cutoff, stamp, TIMER_ACTOR])
+            cursor.execute(_SWEEP_SQL["postgresql"].format(scope=scope),
+                           [cutoff, *scope_params, batch_size, cutoff, stamp, TIMER_ACTOR])
             return cursor.fetchone()[0]
-        cursor.execute(_SWEEP_SQL["sqlite"], [cutoff, batch_size])
+        cursor.execute(_SWEEP_SQL["sqlite"].format(scope=scope),
+                       [cutoff, *scope_params, batch_size])
         released = cursor.fetchall()
         if released:
             # The released rows go back in as one JSON parameter: one INSERT per batch,

@@ -148,3 +148,25 @@ def test_a_claim_lapsed_beyond_the_grace_is_taken_back_at_claim_time(
     assert trail(run) == [("claimed", 1, "sam"), ("expired", 1, "lease timer"),
                           ("claimed", 2, "tia")]
     assert Checkpoint.objects.get(run=run, kind=CheckpointKind.EXPIRED).at == later
+
+
+def test_a_claim_takes_back_only_its_own_teams_lapsed_claims(
+    lapsing_claim, make_runbook, make_run, other_team, outsider, make_user, settings
+):
+    run, claim = lapsing_claim
+    settings.LEASE_GRACE = timedelta(minutes=2)
+    payments_lead = make_user("pia", team="payments")
+    theirs = make_run(runbook=make_runbook(ONE_STEP, filename="one.md", owner=other_team),
+                      title="INC-9 payments")
+    with time_machine.travel(T0, tick=False):
+        item_claim_next(actor=payments_lead, run=theirs)
+
+    with time_machine.travel(T0 + timedelta(minutes=30), tick=False):
+        taken = item_claim_next(actor=outsider)
+
+    assert taken.run_id == theirs.pk
+    assert trail(theirs) == [("claimed", 1, "pia"), ("expired", 1, "lease timer"),
+                             ("claimed", 2, "otto")]
+    # The ops claim lapsed just as long, but nobody of ops has claimed since.
+    assert trail(run) == [("claimed", 1, "sam")]
+    assert Item.objects.get(pk=claim.pk).state == ItemState.CLAIMED

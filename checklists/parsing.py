@@ -261,6 +261,14 @@ def _read_settings(
         values.get("max_lease_minutes"), "max_lease_minutes", where
     )
     settings.wip_limit = _positive_int_field(values.get("wip_limit"), "wip_limit", where)
+    if settings.max_lease_minutes and settings.lease_minutes and \
+            settings.max_lease_minutes < settings.lease_minutes:
+        # The cap is how long "Still on it" may stretch a claim: below one lease it would
+        # refuse to extend a claim to a time before the one it already has.
+        raise RunbookFormatError(
+            f"{where}'max_lease_minutes' ({settings.max_lease_minutes:,}) must be at least "
+            f"'lease_minutes' ({settings.lease_minutes:,})"
+        )
     return settings
 
 

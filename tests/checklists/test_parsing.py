@@ -824,6 +824,8 @@ def test_yaml_field_of_the_wrong_type_names_the_field_and_the_step(step, expecte
         ("title: T\nsteps: []\n", "no steps found"),
         ("title: T\nflow: waterfall\nsteps: [{title: a}]\n", "'flow' must be one of"),
         ("title: T\nmax_attempts: 0\nsteps: [{title: a}]\n", "'max_attempts' must be a positive"),
+        ("title: T\nlease_minutes: 10\nmax_lease_minutes: 5\nsteps: [{title: a}]\n",
+         "'max_lease_minutes' (5) must be at least 'lease_minutes' (10)"),
     ],
 )
 def test_yaml_documents_that_are_not_runbooks_are_refused(source, expected):

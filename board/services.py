@@ -16,7 +16,7 @@ from django.db.models import Case, F, PositiveBigIntegerField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.access import Capability, team_ids_sql, teams_for
+from accounts.access import Capability, team_ids, team_ids_sql
 from accounts.models import Team, User
 from board.errors import ClaimLost, InvalidInput, NotAvailable, NothingToClaim, WipLimitReached
 from board.models import (
@@ -372,12 +372,12 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
         if claimed is None and _release_lapsed_beyond_grace(now, teams=teams):
             claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
         if claimed is None:
-            team_ids = list(teams_for(actor, Capability.WORK).values_list("pk", flat=True))
-            if not team_ids:
+            work_team_ids = list(team_ids(actor, Capability.WORK))
+            if not work_team_ids:
                 raise NothingToClaim(
                     "You are not staff on any team, so there is nothing to claim."
                 )
-            refusal = _wip_refusal(held=_live_claims(actor), team_ids=team_ids, **scope)
+            refusal = _wip_refusal(held=_live_claims(actor), team_ids=work_team_ids, **scope)
             if refusal is not None:
                 raise refusal
             if item is not None:

@@ -151,3 +151,36 @@ class RedisServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def wait_until(condition, *, timeout: float, interval: float = 0.2, what: str, log=None):
+    """Poll `condition` until it returns something truthy, and return that; fail after
+    `timeout` seconds saying what never happened (with a process's log, when given)."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = condition()
+        if outcome:
+            return outcome
+        time.sleep(interval)
+    pytest.fail(f"{what}: not within {timeout}s" + (f"\n{log()}" if log else ""))
+
+
+def sweep_with_a_new_worker(log_path: Path, extra_env: dict[str, str] | None = None):
+    """Start a worker, send it the sweep as beat would, and return the sweep's heartbeat
+    once it has finished (the worker is stopped either way)."""
+    from board.health import SWEEP_HEARTBEAT
+    from board.models import Heartbeat
+    from board.tasks import sweep_expired_leases
+
+    worker = CeleryProcess("worker", log_path, extra_env=extra_env)
+    try:
+        worker.wait_ready()
+        sweep_expired_leases.delay()
+        return wait_until(
+            lambda: Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).first(),
+            timeout=60, interval=0.1, what="the sweep to finish", log=worker.log,
+        )
+    finally:
+        worker.stop()

@@ -28,20 +28,13 @@ from board.services import TIMER_ACTOR, item_claim_next
 from board.tasks import sweep_expired_leases
 from board.timers import TimerOutbox
 from tests.conftest import require_service
-from tests.processes import CeleryProcess, RedisServer, purge_broker
-
-
-def wait_until(condition, *, timeout: float, interval: float, what: str, log=None):
-    """Poll `condition` until it returns something truthy, and return that; fail after
-    `timeout` seconds saying what never happened (with a process's log, when given)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        outcome = condition()
-        if outcome:
-            return outcome
-        time.sleep(interval)
-    pytest.fail(f"{what}: not within {timeout}s" + (f"\n{log()}" if log else ""))
-
+from tests.processes import (
+    CeleryProcess,
+    RedisServer,
+    purge_broker,
+    sweep_with_a_new_worker,
+    wait_until,
+)
 
 # --- A worker killed in the middle of a sweep -----------------------------------------------
 
@@ -168,16 +161,7 @@ def test_a_worker_killed_mid_sweep_leaves_every_claim_expired_exactly_once_after
     assert not Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).exists()
 
     # A new worker, and the sweep sent again, as beat sends it every LEASE_SWEEP_SECONDS.
-    second = CeleryProcess("worker", tmp_path / "worker-2.log", extra_env=env)
-    try:
-        second.wait_ready()
-        sweep_expired_leases.delay()
-        heartbeat = wait_until(
-            lambda: Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).first(),
-            timeout=60, interval=0.1, what="the second sweep to finish", log=second.log,
-        )
-    finally:
-        second.stop()
+    heartbeat = sweep_with_a_new_worker(tmp_path / "worker-2.log", env)
 
     # The second sweep released exactly what the first one had not.
     assert heartbeat.detail == f"expired {left} stale claims"
@@ -377,17 +361,8 @@ def test_with_redis_stopped_staff_keep_working_and_a_restarted_worker_sweeps_the
     # Redis is back (empty: it kept nothing); a worker started against it sweeps the backlog
     # when this process sends the sweep, as beat does every LEASE_SWEEP_SECONDS.
     redis.start()
-    worker = CeleryProcess("worker", tmp_path / "worker.log",
-                           extra_env={"CELERY_BROKER_URL": redis.url()})
-    try:
-        worker.wait_ready()
-        sweep_expired_leases.delay()
-        heartbeat = wait_until(
-            lambda: Heartbeat.objects.filter(name=SWEEP_HEARTBEAT).first(),
-            timeout=60, interval=0.1, what="the sweep to finish", log=worker.log,
-        )
-    finally:
-        worker.stop()
+    heartbeat = sweep_with_a_new_worker(tmp_path / "worker.log",
+                                        {"CELERY_BROKER_URL": redis.url()})
 
     # Only #2 and #3 changed: back in the pool, one attempt used, one `expired` each.
     assert heartbeat.detail == "expired 2 stale claims"

@@ -10,16 +10,7 @@ from django.utils import timezone
 from board.models import Checkpoint, Item, ItemState
 from board.services import item_abandon, item_claim_next, item_complete
 from board.tasks import expire_claim
-
-
-def wait_for(condition, worker, timeout: float = 20.0):
-    """Poll until condition() is true; fail with the worker's log if it never is."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"condition not met within {timeout} s; worker log:\n{worker.log()}")
+from tests.processes import wait_until
 
 
 def timer_ran(worker, item_id: int, token: int, outcome: str):
@@ -41,8 +32,8 @@ def test_claim_with_two_second_lease_returns_to_pool_with_expired_checkpoint(
     claimed_token = item.token
 
     # Back in the pool within the lease + 5 s (the filesystem broker polls about once a second).
-    wait_for(lambda: Item.objects.get(pk=item.pk).state != ItemState.CLAIMED,
-             celery_worker_process, timeout=2 + 5)
+    wait_until(lambda: Item.objects.get(pk=item.pk).state != ItemState.CLAIMED,
+               timeout=2 + 5, what="the item back in the pool", log=celery_worker_process.log)
 
     item.refresh_from_db()
     assert item.state == ItemState.AVAILABLE, celery_worker_process.log()
@@ -63,8 +54,8 @@ def test_a_claim_completed_before_its_timer_fires_is_left_done(
     time.sleep(1)
     item_complete(item_id=item.pk, token=item.token, actor=staff)
 
-    wait_for(timer_ran(celery_worker_process, item.pk, item.token, "claim no longer live"),
-             celery_worker_process)
+    wait_until(timer_ran(celery_worker_process, item.pk, item.token, "claim no longer live"),
+               timeout=20, what="the timer to run", log=celery_worker_process.log)
 
     item.refresh_from_db()
     assert item.state == ItemState.DONE
@@ -85,8 +76,8 @@ def test_the_timer_of_an_abandoned_claim_leaves_the_next_holders_claim_alone(
     Item.objects.filter(pk=second.pk).update(lease_expires_at=timezone.now() + timedelta(hours=1))
 
     for claim in (first, second):
-        wait_for(timer_ran(celery_worker_process, claim.pk, claim.token, "claim no longer live"),
-                 celery_worker_process)
+        wait_until(timer_ran(celery_worker_process, claim.pk, claim.token, "claim no longer live"),
+                   timeout=20, what="the timer to run", log=celery_worker_process.log)
 
     second.refresh_from_db()
     assert (second.state, second.holder_id, second.token) == (ItemState.CLAIMED, teammate.pk, 2)
@@ -105,8 +96,8 @@ def test_an_expiry_delivered_three_times_expires_the_claim_once(
     for _ in range(2):
         expire_claim.apply_async((item.pk, item.token), eta=item.lease_expires_at)
 
-    wait_for(lambda: celery_worker_process.log().count(f"item {item.pk} token 1: ") >= 3,
-             celery_worker_process)
+    wait_until(lambda: celery_worker_process.log().count(f"item {item.pk} token 1: ") >= 3,
+               timeout=20, what="three deliveries", log=celery_worker_process.log)
 
     item.refresh_from_db()
     assert (item.state, item.attempts) == (ItemState.AVAILABLE, 1)

@@ -6,12 +6,11 @@ the user's teams is missing (404), never forbidden, so its existence is not reve
 """
 
 from enum import StrEnum
-from functools import lru_cache
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
-from guardian.shortcuts import assign_perm, get_objects_for_user, remove_perm
+from guardian.shortcuts import assign_perm, remove_perm
 
 from accounts.models import Role, Team, User
 
@@ -50,9 +49,10 @@ def team_ids(user: User, *capabilities: Capability) -> frozenset[int]:
 
 
 def _capabilities_held(user: User) -> dict[Capability, frozenset[int]]:
-    """Every capability of the user, team by team, in one query: the same rule as
-    _permitted_teams (the user's own object permissions and their groups', all teams for a
-    superuser), read from guardian's tables directly, for all capabilities at once."""
+    """Every capability of the user, team by team, in one query: guardian's rule for object
+    permissions (get_objects_for_user with any_perm and no global permissions: the user's own
+    and their groups', all teams for a superuser), read from its tables directly, for all
+    capabilities at once."""
     from django.contrib.contenttypes.models import ContentType
     from guardian.models import GroupObjectPermission, UserObjectPermission
 
@@ -72,46 +72,9 @@ def _capabilities_held(user: User) -> dict[Capability, frozenset[int]]:
     return {capability: frozenset(teams) for capability, teams in held.items()}
 
 
-def _permitted_teams(user: User, permissions: tuple[str, ...]) -> QuerySet[Team]:
-    """The rule itself: guardian's object permissions on teams, read by the database."""
-    return get_objects_for_user(
-        user, list(permissions), klass=Team, any_perm=True, accept_global_perms=False
-    )
-
-
 def teams_for(user: User, *capabilities: Capability) -> QuerySet[Team]:
     """Teams on which the user holds any of the capabilities (all capabilities if none named)."""
     return Team.objects.filter(pk__in=team_ids(user, *capabilities))
-
-
-def team_ids_sql(user: User, capability: Capability) -> tuple[str, tuple]:
-    """teams_for's rule as SQL selecting team ids, for statements that embed it (the claim).
-
-    Django takes about a millisecond to compile guardian's query, more than the claim itself
-    costs the database, so the SQL is compiled once per user, process and database. Only its
-    text is kept: the permissions are read by the database each time it runs, so a granted or
-    revoked role counts at once.
-    """
-    from django.contrib.contenttypes.models import ContentType
-    from django.db import connection
-
-    # The content type's id is a parameter of the query; it is part of the key because a
-    # flushed database (tests) re-creates content types with new ids.
-    team_type = ContentType.objects.get_for_model(Team).pk
-    return _team_ids_sql(
-        user.pk, user.is_active, user.is_superuser, str(capability), connection.alias, team_type
-    )
-
-
-@lru_cache(maxsize=4096)
-def _team_ids_sql(user_id: int, is_active: bool, is_superuser: bool, capability: str,
-                  alias: str, team_type: int) -> tuple[str, tuple]:
-    user = User(pk=user_id, is_active=is_active, is_superuser=is_superuser)
-    if not is_active:
-        return "SELECT NULL WHERE FALSE", ()
-    query = _permitted_teams(user, (capability,)).values("pk").query
-    sql, params = query.get_compiler(alias).as_sql()
-    return sql, tuple(params)
 
 
 def has_capability(user: User, team: Team, capability: Capability) -> bool:

@@ -490,7 +490,7 @@ def client_main(index: int, target: Target, commands: mp.Queue, results: mp.Queu
         command = commands.get()
         if command is None:
             return
-        method, start_at, stop_at, extra = command
+        method, seconds, extra = command
         latencies: list[float] = []
         claimed: list[tuple[int, int, int]] = []
         errors: list[str] = []
@@ -505,8 +505,15 @@ def client_main(index: int, target: Target, commands: mp.Queue, results: mp.Queu
             else:
                 claimer = HttpClaimer(target, user_id, extra["base_url"],
                                       extra["tokens"][index])
+        except Exception as error:  # noqa: BLE001 - reported as an error of the measurement
+            errors.append(f"{type(error).__name__}: {error}")
+        # Ready: every client starts at the same moment, once all of them are.
+        results.put(("armed", index))
+        start_at = commands.get()
+        stop_at = start_at + seconds
+        try:
             time.sleep(max(0.0, start_at - time.time()))
-            while time.time() < stop_at:
+            while claimer is not None and time.time() < stop_at:
                 began = time.perf_counter()
                 got = claimer.claim()
                 if got is None:
@@ -576,10 +583,15 @@ class Fleet:
     def measure(self, target: Target, method: str, clients: int, seconds: float,
                 items: int, extra: dict | None = None) -> Result:
         reset_pool(target, items, len(self.processes))
-        # The start line leaves time for every client to connect (and Django to warm up).
-        start_at = time.time() + 2.0 + clients * 0.05
         for queue in self.queues[:clients]:
-            queue.put((method, start_at, start_at + seconds, extra or {}))
+            queue.put((method, seconds, extra or {}))
+        # Each client connects and warms up (its first claim, its first lease timer) before
+        # the start line, which is drawn once the last of them is ready.
+        for _ in range(clients):
+            assert self.results.get(timeout=600)[0] == "armed"
+        start_at = time.time() + 0.2
+        for queue in self.queues[:clients]:
+            queue.put(start_at)
         reports = [self.results.get(timeout=seconds + 300) for _ in range(clients)]
         latencies = [value for report in reports for value in report[1]]
         claims = [claim for report in reports for claim in report[2]]

@@ -74,7 +74,9 @@ class Item(models.Model):
     """One card on the board. `token` is the fencing token: every claim increments it, and
     complete/abandon/extend must present the current value."""
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="items")
+    # No index of its own: item_position (run, position) serves every lookup by run.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="items",
+                            db_index=False)
     step = models.ForeignKey(
         "checklists.Step", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -90,7 +92,7 @@ class Item(models.Model):
     )
     holder = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
-        related_name="held_items",
+        related_name="held_items", db_index=False,  # item_held
     )
     token = models.PositiveBigIntegerField(default=0)
     claimed_at = models.DateTimeField(null=True, blank=True)
@@ -117,8 +119,14 @@ class Item(models.Model):
             # the claimed and done ones (a draining run of thousands stays one index step).
             models.Index(fields=["run", "position"], condition=models.Q(state="available"),
                          name="item_pool"),
-            models.Index(fields=["state", "lease_expires_at"], name="item_lease"),
-            models.Index(fields=["holder", "state"], name="item_holder"),
+            # Every index is written by every claim (a claim changes indexed columns, so it is
+            # never a HOT update): the others cover only the claimed items, the few.
+            # The sweep: claimed items by the end of their lease.
+            models.Index(fields=["lease_expires_at"], condition=models.Q(state="claimed"),
+                         name="item_lease"),
+            # A person's live claims (the WIP count): a holder is set iff the item is claimed.
+            models.Index(fields=["holder"], condition=models.Q(holder__isnull=False),
+                         name="item_held"),
         ]
 
     def __str__(self) -> str:

@@ -8,7 +8,7 @@ the board and its trail never disagree. Celery timers are enqueued only after co
 import json
 import logging
 from datetime import datetime, timedelta
-from functools import partial
+from functools import cache, partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -16,7 +16,7 @@ from django.db.models import Case, F, PositiveBigIntegerField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.access import Capability, team_ids, team_ids_sql
+from accounts.access import Capability, team_ids
 from accounts.models import Team, User
 from board.errors import ClaimLost, InvalidInput, NotAvailable, NothingToClaim, WipLimitReached
 from board.models import (
@@ -145,21 +145,9 @@ def run_launch(
 # --- Claims ---------------------------------------------------------------------------------
 
 
-def _lock_claimant(actor: User) -> None:
-    """Serialise one person's claims so two tabs cannot both pass the WIP check.
-
-    NO KEY UPDATE, not UPDATE: it does not conflict with the KEY SHARE locks that inserting
-    rows referencing the user (checkpoints, idempotency keys) takes, so two requests of one
-    user that both inserted such a row first cannot deadlock on it.
-    SQLite needs nothing: IMMEDIATE transactions already run one writer at a time.
-    """
-    if connection.vendor == "postgresql":
-        _execute_prepared("SELECT id FROM accounts_user WHERE id = %s FOR NO KEY UPDATE",
-                          [actor.pk])
-
-
 def _live_claims(actor: User) -> int:
-    return Item.objects.filter(holder=actor, state=ItemState.CLAIMED).count()
+    # A holder is set iff the item is claimed (item_holder_iff_claimed): item_held counts it.
+    return Item.objects.filter(holder=actor).count()
 
 
 def _lock_run_of(item_id: int) -> None:
@@ -211,33 +199,24 @@ def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
 
 # The pool, best first: highest severity, then oldest run, then position. The runs are few
 # (the active runs of the claimant's teams), the items many: the run order is sorted, and each
-# run's first available item is one step down the item_pool index (state, run, position), so
-# a claim costs the same with ten or ten thousand items in the pool.
+# run's first available item is one step down the item_pool index (run, position, of the
+# available items), so a claim costs the same with ten or ten thousand items in the pool.
 #
-# PostgreSQL walks the runs in order and, in each, locks its first available item that no
-# other transaction holds (SKIP LOCKED): concurrent claimers each get a different item without
-# waiting, and only the item taken is locked. SQLite runs one writer at a time (BEGIN
-# IMMEDIATE), so it needs no lock: a correlated subquery finds each run's first item.
-_POOL_SQL = {
-    # The runs are sorted first (a subquery with ORDER BY is not flattened), so the nested
-    # loop visits them in order and stops at the first item it can lock: no other run's item
-    # is locked on the way. Hence the item filter's parameter comes after the run's here.
-    "postgresql": """
-        SELECT c.id FROM (
-            SELECT cr.id, cr.severity, cr.launched_at FROM board_run cr
-            WHERE cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
-              AND ({held}) < COALESCE(cr.wip_limit, %s)
-            ORDER BY cr.severity, cr.launched_at, cr.id
-        ) cr CROSS JOIN LATERAL (
-            SELECT ci.id FROM board_item ci
-            WHERE ci.run_id = cr.id AND ci.state = 'available' {item_filter}
-            ORDER BY ci.position LIMIT 1
-            FOR UPDATE OF ci {skip_locked}
-        ) c
-        ORDER BY cr.severity, cr.launched_at, cr.id
-        LIMIT 1
-    """,
-    "sqlite": """
+# PostgreSQL: one call of board_claim() (migration 0007), which takes the claimant's lock,
+# counts their live claims and, walking the runs in order, locks the first available item no
+# other transaction holds (SKIP LOCKED), then writes it and its `claimed` checkpoint. One
+# round trip, in its own transaction or in the caller's.
+#
+# SQLite runs one writer at a time (BEGIN IMMEDIATE), so it needs neither lock: one
+# conditional UPDATE ... RETURNING, a correlated subquery finding each run's first item, then
+# the checkpoint's INSERT.
+_SQLITE_CLAIM_SQL = """
+    UPDATE board_item
+    SET state = 'claimed', holder_id = %s, token = token + 1, claimed_at = %s,
+        lease_expires_at = django_format_dtdelta(
+            '+', %s, (SELECT r.lease_duration FROM board_run r WHERE r.id = board_item.run_id)
+        )
+    WHERE id = (
         SELECT x.id FROM (
             SELECT (
                 SELECT ci.id FROM board_item ci
@@ -246,150 +225,141 @@ _POOL_SQL = {
             ) AS id, cr.severity, cr.launched_at, cr.id AS run_id
             FROM board_run cr
             WHERE cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
-              AND ({held}) < COALESCE(cr.wip_limit, %s)
+              AND (SELECT COUNT(*) FROM board_item h WHERE h.holder_id = %s)
+                  < COALESCE(cr.wip_limit, %s)
         ) x
         WHERE x.id IS NOT NULL
         ORDER BY x.severity, x.launched_at, x.run_id
         LIMIT 1
-    """,
-}
-# The claimant's live claims, counted in the statement (after _lock_claimant on PostgreSQL).
-_HELD_SQL = "SELECT COUNT(*) FROM board_item h WHERE h.holder_id = %s AND h.state = 'claimed'"
-_CLAIM_SQL = {
-    # The `claimed` checkpoint is written by the same statement (a data-modifying CTE).
-    "postgresql": """
-        WITH claimed AS (
-            UPDATE board_item AS i
-            SET state = 'claimed', holder_id = %s, token = i.token + 1, claimed_at = %s,
-                lease_expires_at = %s + r.lease_duration
-            FROM board_run r
-            WHERE r.id = i.run_id AND i.id = ({pool})
-            RETURNING {returning}
-        ), logged AS (
-            INSERT INTO board_checkpoint
-                (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
-            SELECT run_id, id, 'claimed', claimed_at, holder_id, %s, token, '',
-                   jsonb_build_object('lease_expires_at', lease_expires_at)
-            FROM claimed
-        )
-        SELECT {columns} FROM claimed
-    """,
-    # django_format_dtdelta is the function Django's SQLite backend registers for datetime +
-    # duration arithmetic (what the ORM emits for F("claimed_at") + F("run__lease_duration")).
-    "sqlite": """
-        UPDATE board_item
-        SET state = 'claimed', holder_id = %s, token = token + 1, claimed_at = %s,
-            lease_expires_at = django_format_dtdelta(
-                '+', %s, (SELECT r.lease_duration FROM board_run r WHERE r.id = board_item.run_id)
-            )
-        WHERE id = ({pool}) AND state = 'available'
-        RETURNING *
-    """,
-}
-
-
-def _claim_statement(*, actor: User, now: datetime, teams: tuple[str, tuple],
-                     run_id: int | None, item_id: int | None) -> Item | None:
-    """One conditional UPDATE that takes the next available item (or the named one), with its
-    `claimed` checkpoint, and returns the item as it is now, or None.
-
-    Only runs of the claimant's teams (`teams`: SQL and params of their ids) whose WIP limit
-    (the run's own, else the WIP_LIMIT setting) is above the claimant's live claims are
-    candidates. The lease is the item's run's, added in the statement.
-    """
-    vendor = "postgresql" if connection.vendor == "postgresql" else "sqlite"
-    teams_sql, teams_params = teams
-    item_filter, item_params = ("AND ci.id = %s", [item_id]) if item_id is not None else ("", [])
-    run_filter, run_params = ("AND cr.id = %s", [run_id]) if run_id is not None else ("", [])
-    pool = _POOL_SQL[vendor].format(
-        item_filter=item_filter, teams=teams_sql, run_filter=run_filter, held=_HELD_SQL,
-        # Claim next skips the items other claimers hold locked, so many claimers never queue
-        # behind each other. A claim of one named item waits for the other claimer instead,
-        # so the loser then sees who won ("already held by …"), not a still-available item.
-        skip_locked="SKIP LOCKED" if item_id is None else "",
-    )
-    stamp = connection.ops.adapt_datetimefield_value(now)
-    runs_params = [*teams_params, *run_params, actor.pk, settings.WIP_LIMIT]
-    pool_params = (
-        [*runs_params, *item_params] if vendor == "postgresql" else [*item_params, *runs_params]
-    )
-    params = [actor.pk, stamp, stamp, *pool_params]
-    if vendor == "postgresql":
-        params.append(actor.display_name)
-        columns = [field.column for field in _ITEM_FIELDS]
-        sql = _CLAIM_SQL[vendor].format(
-            pool=pool, columns=", ".join(columns),
-            returning=", ".join(f"i.{column}" for column in columns),
-        )
-        row = _execute_prepared(sql, params)
-        if row is None:
-            return None
-        return Item.from_db(connection.alias, [field.attname for field in _ITEM_FIELDS], row)
-    claimed = next(iter(Item.objects.raw(_CLAIM_SQL[vendor].format(pool=pool), params)), None)
-    if claimed is not None:
-        with connection.cursor() as cursor:
-            cursor.execute(_SQLITE_CLAIMED_CHECKPOINT_SQL, [
-                claimed.run_id, claimed.pk, stamp, actor.pk, actor.display_name, claimed.token,
-                json.dumps({"lease_expires_at": claimed.lease_expires_at.isoformat()}),
-            ])
-    return claimed
-
-
-_ITEM_FIELDS = Item._meta.concrete_fields
-
-
-def _execute_prepared(sql: str, params: list) -> tuple | None:
-    """Run a statement as a server-side prepared statement on PostgreSQL; its first row.
-
-    Django's cursors bind parameters on the client, so PostgreSQL plans every statement anew:
-    for the claim, planning costs as much as running it. A prepared statement is planned once
-    per connection (psycopg keeps them, keyed by the SQL text and the parameter types).
-    """
-    import psycopg
-
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchone() if cursor.description else None
-
-
+    ) AND state = 'available'
+    RETURNING {columns}
+"""
+# django_format_dtdelta (above) is the function Django's SQLite backend registers for
+# datetime + duration arithmetic (what the ORM emits for F("claimed_at") + a duration).
 # SQLite has no data-modifying CTE: the checkpoint is the transaction's second statement.
 _SQLITE_CLAIMED_CHECKPOINT_SQL = """
     INSERT INTO board_checkpoint
         (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
     VALUES (%s, %s, 'claimed', %s, %s, %s, %s, '', %s)
 """
+_ITEM_FIELDS = Item._meta.concrete_fields
+_ITEM_COLUMNS = ", ".join(field.column for field in _ITEM_FIELDS)
+_ITEM_ATTNAMES = [field.attname for field in _ITEM_FIELDS]
+_POSTGRES_CLAIM_SQL = (
+    f"SELECT {_ITEM_COLUMNS} FROM board_claim(%s::bigint, %s::text, %s::bigint[], "
+    "%s::bigint, %s::bigint, %s::integer, %s::timestamptz)"
+)
+
+
+def _claim_statement(*, actor: User, now: datetime, teams: list[int],
+                     run_id: int | None, item_id: int | None) -> Item | None:
+    """Take the next available item (or the named one) with its `claimed` checkpoint; the
+    item as it is now, or None.
+
+    Only runs of `teams` whose WIP limit (the run's own, else the WIP_LIMIT setting) is
+    above the claimant's live claims are candidates. The lease is the item's run's.
+
+    On PostgreSQL one statement, atomic by itself: no transaction of its own, so a claim
+    outside a transaction is one round trip. On SQLite two, in one IMMEDIATE transaction.
+    """
+    if connection.vendor == "postgresql":
+        row = _fetch_prepared(_POSTGRES_CLAIM_SQL, [
+            actor.pk, actor.display_name, teams, run_id, item_id, settings.WIP_LIMIT, now,
+        ])
+        if row is None:
+            return None
+        return Item.from_db(connection.alias, _ITEM_ATTNAMES, row)
+    item_filter, item_params = ("AND ci.id = %s", [item_id]) if item_id else ("", [])
+    run_filter, run_params = ("AND cr.id = %s", [run_id]) if run_id else ("", [])
+    sql = _SQLITE_CLAIM_SQL.format(
+        item_filter=item_filter, run_filter=run_filter, columns=_ITEM_COLUMNS,
+        teams=", ".join(["%s"] * len(teams)),
+    )
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    params = [actor.pk, stamp, stamp, *item_params, *teams, *run_params, actor.pk,
+              settings.WIP_LIMIT]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        row = _from_db_values(row)
+        cursor.execute(_SQLITE_CLAIMED_CHECKPOINT_SQL, [
+            row[_RUN], row[_ID], stamp, actor.pk, actor.display_name, row[_TOKEN],
+            json.dumps({"lease_expires_at": row[_LEASE].isoformat()}),
+        ])
+    return Item.from_db(connection.alias, _ITEM_ATTNAMES, row)
+
+
+_ID, _RUN, _TOKEN, _LEASE = (
+    _ITEM_ATTNAMES.index(name) for name in ("id", "run_id", "token", "lease_expires_at")
+)
+
+
+def _from_db_values(row: tuple) -> list:
+    """A row of board_item's columns as the ORM would read it (on SQLite, datetimes parsed
+    from their text), without the ORM's per-query setup, which costs more than the claim."""
+    values = list(row)
+    for index, converters in _item_converters(connection.vendor):
+        for converter, column in converters:
+            values[index] = converter(values[index], column, connection)
+    return values
+
+
+@cache
+def _item_converters(vendor: str) -> list[tuple[int, list]]:
+    """The ORM's converters of each board_item column that has any (backend's, then field's)."""
+    found = []
+    for index, field in enumerate(_ITEM_FIELDS):
+        column = field.get_col(Item._meta.db_table)
+        converters = connection.ops.get_db_converters(column) + field.get_db_converters(
+            connection)
+        if converters:
+            found.append((index, [(converter, column) for converter in converters]))
+    return found
+
+
+def _fetch_prepared(sql: str, params: list) -> tuple | None:
+    """The first row of a query run as a server-side prepared statement on PostgreSQL.
+
+    Django's cursors bind parameters on the client, so PostgreSQL would plan every statement
+    anew. A prepared statement is planned once per connection (psycopg keeps them, keyed by
+    the SQL text and the parameter types). The rows are read without the description
+    (psycopg builds it column by column, in Python, when asked).
+    """
+    import psycopg
+
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchone()
 
 
 def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> Item:
-    # The teams go into the claim statement as a subquery: no round trip of their own.
-    teams = team_ids_sql(actor, Capability.WORK)
+    teams = sorted(team_ids(actor, Capability.WORK))
+    if not teams:
+        raise NothingToClaim("You are not staff on any team, so there is nothing to claim.")
     now = timezone.now()
     scope = {"run_id": run.pk if run else None, "item_id": item.pk if item else None}
-    with transaction.atomic():
-        _lock_claimant(actor)
-        claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
-        if claimed is None and _release_lapsed_beyond_grace(now, teams=teams):
-            claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
-        if claimed is None:
-            work_team_ids = list(team_ids(actor, Capability.WORK))
-            if not work_team_ids:
-                raise NothingToClaim(
-                    "You are not staff on any team, so there is nothing to claim."
-                )
-            refusal = _wip_refusal(held=_live_claims(actor), team_ids=work_team_ids, **scope)
-            if refusal is not None:
-                raise refusal
-            if item is not None:
-                raise NotAvailable(_not_available_message(item.pk))
-            raise NothingToClaim("Nothing is available to claim right now.")
-        _schedule_expiry(claimed)
+    claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
+    if claimed is None:
+        with transaction.atomic():
+            if _release_lapsed_beyond_grace(now, teams=teams):
+                claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
+            if claimed is None:
+                refusal = _wip_refusal(held=_live_claims(actor), team_ids=teams, **scope)
+                if refusal is not None:
+                    raise refusal
+                if item is not None:
+                    raise NotAvailable(_not_available_message(item.pk))
+                raise NothingToClaim("Nothing is available to claim right now.")
+    _schedule_expiry(claimed)
     if run is not None:
         claimed.run = run
     return claimed
 
 
-def _release_lapsed_beyond_grace(now: datetime, *, teams: tuple[str, tuple]) -> int:
+def _release_lapsed_beyond_grace(now: datetime, *, teams: list[int]) -> int:
     """No freeze without the broker: when a claim finds nothing, claims in the claimant's
     teams whose lease ran out more than LEASE_GRACE_SECONDS ago (their timer lost, the sweep
     not running) go back to the pool first, with their `expired` checkpoints written now;
@@ -670,12 +640,13 @@ _SQLITE_SWEEP_CHECKPOINTS_SQL = """
 
 
 def _sweep_batch(*, cutoff: str, stamp: str, batch_size: int,
-                 teams: tuple[str, tuple] | None = None) -> int:
-    """One batch; only the runs of `teams` (SQL and params of team ids) when given."""
+                 teams: list[int] | None = None) -> int:
+    """One batch; only the runs of `teams` (team ids) when given."""
     scope, scope_params = "", []
     if teams is not None:
-        scope = f"AND run_id IN (SELECT id FROM board_run WHERE team_id IN ({teams[0]}))"
-        scope_params = list(teams[1])
+        marks = ", ".join(["%s"] * len(teams))
+        scope = f"AND run_id IN (SELECT id FROM board_run WHERE team_id IN ({marks}))"
+        scope_params = list(teams)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_SWEEP_SQL["postgresql"].format(scope=scope),

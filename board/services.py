@@ -7,11 +7,11 @@ the board and its trail never disagree. Celery timers are enqueued only after co
 
 import json
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache, partial
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Case, F, PositiveBigIntegerField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -212,9 +212,9 @@ def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
 # the checkpoint's INSERT.
 _SQLITE_CLAIM_SQL = """
     UPDATE board_item
-    SET state = 'claimed', holder_id = %s, token = token + 1, claimed_at = %s,
+    SET state = 'claimed', holder_id = ?, token = token + 1, claimed_at = ?,
         lease_expires_at = django_format_dtdelta(
-            '+', %s, (SELECT r.lease_duration FROM board_run r WHERE r.id = board_item.run_id)
+            '+', ?, (SELECT r.lease_duration FROM board_run r WHERE r.id = board_item.run_id)
         )
     WHERE id = (
         SELECT x.id FROM (
@@ -225,8 +225,8 @@ _SQLITE_CLAIM_SQL = """
             ) AS id, cr.severity, cr.launched_at, cr.id AS run_id
             FROM board_run cr
             WHERE cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
-              AND (SELECT COUNT(*) FROM board_item h WHERE h.holder_id = %s)
-                  < COALESCE(cr.wip_limit, %s)
+              AND (SELECT COUNT(*) FROM board_item h WHERE h.holder_id = ?)
+                  < COALESCE(cr.wip_limit, ?)
         ) x
         WHERE x.id IS NOT NULL
         ORDER BY x.severity, x.launched_at, x.run_id
@@ -240,7 +240,7 @@ _SQLITE_CLAIM_SQL = """
 _SQLITE_CLAIMED_CHECKPOINT_SQL = """
     INSERT INTO board_checkpoint
         (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
-    VALUES (%s, %s, 'claimed', %s, %s, %s, %s, '', %s)
+    VALUES (?, ?, 'claimed', ?, ?, ?, ?, '', ?)
 """
 _ITEM_FIELDS = Item._meta.concrete_fields
 _ITEM_COLUMNS = ", ".join(field.column for field in _ITEM_FIELDS)
@@ -262,33 +262,55 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int],
     On PostgreSQL one statement, atomic by itself: no transaction of its own, so a claim
     outside a transaction is one round trip. On SQLite two, in one IMMEDIATE transaction.
     """
-    if connection.vendor == "postgresql":
-        row = _fetch_prepared(_POSTGRES_CLAIM_SQL, [
+    db = connections[DEFAULT_DB_ALIAS]  # once: each `connection.x` is a context-local lookup
+    if db.vendor == "postgresql":
+        row = _fetch_prepared(db, _POSTGRES_CLAIM_SQL, [
             actor.pk, actor.display_name, teams, run_id, item_id, settings.WIP_LIMIT, now,
         ])
-        if row is None:
-            return None
-        return Item.from_db(connection.alias, _ITEM_ATTNAMES, row)
-    item_filter, item_params = ("AND ci.id = %s", [item_id]) if item_id else ("", [])
-    run_filter, run_params = ("AND cr.id = %s", [run_id]) if run_id else ("", [])
-    sql = _SQLITE_CLAIM_SQL.format(
-        item_filter=item_filter, run_filter=run_filter, columns=_ITEM_COLUMNS,
-        teams=", ".join(["%s"] * len(teams)),
+        return None if row is None else Item.from_db(db.alias, _ITEM_ATTNAMES, row)
+    stamp = db.ops.adapt_datetimefield_value(now)
+    params = [actor.pk, stamp, stamp, *([item_id] if item_id else []), *teams,
+              *([run_id] if run_id else []), actor.pk, settings.WIP_LIMIT]
+    # Straight on the sqlite3 connection: Django's cursor adds more per statement than the
+    # statements cost, and would add it while holding the database's one write lock, which
+    # every other claimer waits for.
+    db.ensure_connection()
+    raw = db.connection
+    # Inside the caller's atomic block Django has begun the transaction (BEGIN IMMEDIATE,
+    # the transaction_mode setting) and commits it.
+    own_transaction = not db.in_atomic_block
+    with db.wrap_database_errors:
+        if own_transaction:
+            raw.execute("BEGIN IMMEDIATE")
+        try:
+            row = raw.execute(_sqlite_claim_sql(bool(item_id), bool(run_id), len(teams)),
+                              params).fetchone()
+            if row is not None:
+                # A naive UTC datetime already: the backend converts by declared type.
+                lease = row[_LEASE].replace(tzinfo=UTC)
+                raw.execute(_SQLITE_CLAIMED_CHECKPOINT_SQL, [
+                    row[_RUN], row[_ID], stamp, actor.pk, actor.display_name, row[_TOKEN],
+                    json.dumps({"lease_expires_at": lease.isoformat()}),
+                ])
+            if own_transaction:
+                raw.execute("COMMIT")
+        except BaseException:
+            if own_transaction:
+                raw.execute("ROLLBACK")
+            raise
+    return None if row is None else Item.from_db(db.alias, _ITEM_ATTNAMES,
+                                                 _from_db_values(db, row))
+
+
+@cache
+def _sqlite_claim_sql(one_item: bool, one_run: bool, teams: int) -> str:
+    """The SQLite claim for a claimant of `teams` teams (qmark parameters: it runs on the
+    sqlite3 connection itself)."""
+    return _SQLITE_CLAIM_SQL.format(
+        item_filter="AND ci.id = ?" if one_item else "",
+        run_filter="AND cr.id = ?" if one_run else "",
+        teams=", ".join(["?"] * teams), columns=_ITEM_COLUMNS,
     )
-    stamp = connection.ops.adapt_datetimefield_value(now)
-    params = [actor.pk, stamp, stamp, *item_params, *teams, *run_params, actor.pk,
-              settings.WIP_LIMIT]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        row = _from_db_values(row)
-        cursor.execute(_SQLITE_CLAIMED_CHECKPOINT_SQL, [
-            row[_RUN], row[_ID], stamp, actor.pk, actor.display_name, row[_TOKEN],
-            json.dumps({"lease_expires_at": row[_LEASE].isoformat()}),
-        ])
-    return Item.from_db(connection.alias, _ITEM_ATTNAMES, row)
 
 
 _ID, _RUN, _TOKEN, _LEASE = (
@@ -296,13 +318,13 @@ _ID, _RUN, _TOKEN, _LEASE = (
 )
 
 
-def _from_db_values(row: tuple) -> list:
+def _from_db_values(db, row: tuple) -> list:
     """A row of board_item's columns as the ORM would read it (on SQLite, datetimes parsed
     from their text), without the ORM's per-query setup, which costs more than the claim."""
     values = list(row)
-    for index, converters in _item_converters(connection.vendor):
+    for index, converters in _item_converters(db.vendor):
         for converter, column in converters:
-            values[index] = converter(values[index], column, connection)
+            values[index] = converter(values[index], column, db)
     return values
 
 
@@ -319,7 +341,7 @@ def _item_converters(vendor: str) -> list[tuple[int, list]]:
     return found
 
 
-def _fetch_prepared(sql: str, params: list) -> tuple | None:
+def _fetch_prepared(db, sql: str, params: list) -> tuple | None:
     """The first row of a query run as a server-side prepared statement on PostgreSQL.
 
     Django's cursors bind parameters on the client, so PostgreSQL would plan every statement
@@ -329,8 +351,8 @@ def _fetch_prepared(sql: str, params: list) -> tuple | None:
     """
     import psycopg
 
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
+    db.ensure_connection()
+    with psycopg.Cursor(db.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchone()
 
@@ -401,9 +423,13 @@ def _not_available_message(item_id: int) -> str:
 
 def _schedule_expiry(item: Item) -> None:
     """The lease timer, handed to the timer outbox once the claim or extend has committed."""
-    transaction.on_commit(partial(
-        timer_schedule, item_id=item.pk, token=item.token, eta=item.lease_expires_at
-    ))
+    timer = partial(timer_schedule, item_id=item.pk, token=item.token,
+                    eta=item.lease_expires_at)
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.in_atomic_block:
+        db.on_commit(timer)
+    else:
+        timer()  # committed already (what on_commit would do, at a claim's cost)
 
 
 # --- Holder actions -------------------------------------------------------------------------
@@ -580,9 +606,9 @@ def leases_sweep(*, now: datetime | None = None, grace: timedelta = timedelta(0)
 _SWEEP_SQL = {
     "postgresql": """
         WITH stale AS (
-            SELECT id FROM board_item
+            SELECT id, lease_expires_at FROM board_item
             WHERE state = 'claimed' AND lease_expires_at <= %s {scope}
-            ORDER BY lease_expires_at
+            ORDER BY lease_expires_at, id
             LIMIT %s
             FOR UPDATE SKIP LOCKED
         ), released AS (
@@ -594,7 +620,7 @@ _SWEEP_SQL = {
             FROM stale, board_run r
             WHERE i.id = stale.id AND r.id = i.run_id
               AND i.state = 'claimed' AND i.lease_expires_at <= %s
-            RETURNING i.id, i.run_id, i.token, i.state, i.attempts
+            RETURNING i.id, i.run_id, i.token, i.state, i.attempts, stale.lease_expires_at
         ), logged AS (
             INSERT INTO board_checkpoint
                 (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
@@ -604,28 +630,31 @@ _SWEEP_SQL = {
                         THEN jsonb_build_object('attempts', attempts, 'cause', 'expired')
                         ELSE jsonb_build_object('attempts', attempts) END
             FROM released
+            ORDER BY lease_expires_at, id
             RETURNING 1
         )
         SELECT count(*) FROM logged
     """,
-    # SQLite runs one writer at a time (BEGIN IMMEDIATE), so the batch needs no lock; it has
-    # no data-modifying CTE, so the checkpoints are the batch's second statement.
+    # SQLite runs one writer at a time (BEGIN IMMEDIATE), so the batch needs no lock. It has
+    # no data-modifying CTE, and its RETURNING comes in no particular order and sees only the
+    # new values: the batch is chosen first, then released, then its checkpoints written in
+    # the order it was chosen.
     "sqlite": """
-        UPDATE board_item
-        SET state = CASE WHEN attempts + 1 >= (
-                SELECT r.max_attempts FROM board_run r WHERE r.id = board_item.run_id
-            ) THEN 'stuck' ELSE 'available' END,
-            attempts = attempts + 1, holder_id = NULL, lease_expires_at = NULL,
-            claimed_at = NULL
-        WHERE id IN (
-            SELECT id FROM board_item
-            WHERE state = 'claimed' AND lease_expires_at <= %s {scope}
-            ORDER BY lease_expires_at
-            LIMIT %s
-        )
-        RETURNING id, run_id, token, state, attempts
+        SELECT id FROM board_item
+        WHERE state = 'claimed' AND lease_expires_at <= %s {scope}
+        ORDER BY lease_expires_at, id
+        LIMIT %s
     """,
 }
+_SQLITE_SWEEP_RELEASE_SQL = """
+    UPDATE board_item
+    SET state = CASE WHEN attempts + 1 >= (
+            SELECT r.max_attempts FROM board_run r WHERE r.id = board_item.run_id
+        ) THEN 'stuck' ELSE 'available' END,
+        attempts = attempts + 1, holder_id = NULL, lease_expires_at = NULL, claimed_at = NULL
+    WHERE id IN (SELECT value FROM json_each(%s))
+    RETURNING id, run_id, token, state, attempts
+"""
 _SQLITE_SWEEP_CHECKPOINTS_SQL = """
     INSERT INTO board_checkpoint
         (run_id, item_id, kind, at, actor_id, actor_name, token, reason, data)
@@ -654,7 +683,12 @@ def _sweep_batch(*, cutoff: str, stamp: str, batch_size: int,
             return cursor.fetchone()[0]
         cursor.execute(_SWEEP_SQL["sqlite"].format(scope=scope),
                        [cutoff, *scope_params, batch_size])
-        released = cursor.fetchall()
+        chosen = [item_id for (item_id,) in cursor.fetchall()]
+        if not chosen:
+            return 0
+        cursor.execute(_SQLITE_SWEEP_RELEASE_SQL, [json.dumps(chosen)])
+        order = {item_id: index for index, item_id in enumerate(chosen)}
+        released = sorted(cursor.fetchall(), key=lambda row: order[row[0]])
         if released:
             # The released rows go back in as one JSON parameter: one INSERT per batch,
             # whatever SQLite's limit on bound parameters.

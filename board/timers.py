@@ -39,12 +39,16 @@ class TimerOutbox:
     def add(self, item_id: int, token: int, eta: datetime) -> None:
         with self._lock:
             self._pending.append((item_id, token, eta))
+            # The sender was woken for the first of the pending timers and takes them all.
+            wake = len(self._pending) == 1
             if self._sender is None or not self._sender.is_alive():
                 self._sender = threading.Thread(
                     target=self._send_forever, name="lease-timers", daemon=True
                 )
                 self._sender.start()
-        self._wake.set()
+                wake = True
+        if wake:
+            self._wake.set()
 
     def _send_forever(self) -> None:
         while True:

@@ -175,7 +175,7 @@ class BoardMachine(RuleBasedStateMachine):
             CheckpointKind.STUCK if attempts + 1 >= MAX_ATTEMPTS else CheckpointKind.EXPIRED
             for attempts in Item.objects.filter(
                 run=self.run, state=ItemState.CLAIMED, lease_expires_at__lte=cutoff
-            ).order_by("lease_expires_at").values_list("attempts", flat=True)
+            ).order_by("lease_expires_at", "id").values_list("attempts", flat=True)
         ]
         return lambda _: ([CheckpointKind.CLAIMED], [*lapsed, CheckpointKind.CLAIMED])
 

@@ -15,6 +15,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Case, F, PositiveBigIntegerField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.duration import duration_microseconds
 
 from accounts.access import Capability, team_ids
 from accounts.models import Team, User
@@ -213,8 +214,10 @@ def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
 _SQLITE_CLAIM_SQL = """
     UPDATE board_item
     SET state = 'claimed', holder_id = ?, token = token + 1, claimed_at = ?,
-        lease_expires_at = django_format_dtdelta(
-            '+', ?, (SELECT r.lease_duration FROM board_run r WHERE r.id = board_item.run_id)
+        lease_expires_at = (
+            SELECT CASE WHEN r.lease_duration = ? THEN ?
+                        ELSE django_format_dtdelta('+', ?, r.lease_duration) END
+            FROM board_run r WHERE r.id = board_item.run_id
         )
     WHERE id = (
         SELECT x.id FROM (
@@ -234,8 +237,12 @@ _SQLITE_CLAIM_SQL = """
     ) AND state = 'available'
     RETURNING {columns}
 """
-# django_format_dtdelta (above) is the function Django's SQLite backend registers for
-# datetime + duration arithmetic (what the ORM emits for F("claimed_at") + a duration).
+# The lease ends one lease_duration of the item's run after the claim. When the caller knows
+# the run, the end computed in Python comes with the duration it assumed (in SQLite's
+# microseconds) and is taken if the run still has that duration; otherwise the end is
+# computed in the statement by django_format_dtdelta, the function Django's SQLite backend
+# registers for datetime + duration (what the ORM emits for F("claimed_at") + a duration),
+# which costs a Python call inside the write lock.
 # SQLite has no data-modifying CTE: the checkpoint is the transaction's second statement.
 _SQLITE_CLAIMED_CHECKPOINT_SQL = """
     INSERT INTO board_checkpoint
@@ -251,8 +258,8 @@ _POSTGRES_CLAIM_SQL = (
 )
 
 
-def _claim_statement(*, actor: User, now: datetime, teams: list[int],
-                     run_id: int | None, item_id: int | None) -> Item | None:
+def _claim_statement(*, actor: User, now: datetime, teams: list[int], run: Run | None,
+                     item_id: int | None) -> Item | None:
     """Take the next available item (or the named one) with its `claimed` checkpoint; the
     item as it is now, or None.
 
@@ -265,12 +272,15 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int],
     db = connections[DEFAULT_DB_ALIAS]  # once: each `connection.x` is a context-local lookup
     if db.vendor == "postgresql":
         row = _fetch_prepared(db, _POSTGRES_CLAIM_SQL, [
-            actor.pk, actor.display_name, teams, run_id, item_id, settings.WIP_LIMIT, now,
+            actor.pk, actor.display_name, teams, run and run.pk, item_id, settings.WIP_LIMIT,
+            now,
         ])
         return None if row is None else Item.from_db(db.alias, _ITEM_ATTNAMES, row)
     stamp = db.ops.adapt_datetimefield_value(now)
-    params = [actor.pk, stamp, stamp, *([item_id] if item_id else []), *teams,
-              *([run_id] if run_id else []), actor.pk, settings.WIP_LIMIT]
+    lease = (duration_microseconds(run.lease_duration),
+             db.ops.adapt_datetimefield_value(now + run.lease_duration)) if run else (None, None)
+    params = [actor.pk, stamp, *lease, stamp, *([item_id] if item_id else []), *teams,
+              *([run.pk] if run else []), actor.pk, settings.WIP_LIMIT]
     # Straight on the sqlite3 connection: Django's cursor adds more per statement than the
     # statements cost, and would add it while holding the database's one write lock, which
     # every other claimer waits for.
@@ -283,7 +293,7 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int],
         if own_transaction:
             raw.execute("BEGIN IMMEDIATE")
         try:
-            row = raw.execute(_sqlite_claim_sql(bool(item_id), bool(run_id), len(teams)),
+            row = raw.execute(_sqlite_claim_sql(bool(item_id), bool(run), len(teams)),
                               params).fetchone()
             if row is not None:
                 # A naive UTC datetime already: the backend converts by declared type.
@@ -362,14 +372,15 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
     if not teams:
         raise NothingToClaim("You are not staff on any team, so there is nothing to claim.")
     now = timezone.now()
-    scope = {"run_id": run.pk if run else None, "item_id": item.pk if item else None}
+    scope = {"run": run, "item_id": item.pk if item else None}
     claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
     if claimed is None:
         with transaction.atomic():
             if _release_lapsed_beyond_grace(now, teams=teams):
                 claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
             if claimed is None:
-                refusal = _wip_refusal(held=_live_claims(actor), team_ids=teams, **scope)
+                refusal = _wip_refusal(held=_live_claims(actor), team_ids=teams,
+                                       run_id=run and run.pk, item_id=scope["item_id"])
                 if refusal is not None:
                     raise refusal
                 if item is not None:

@@ -7,9 +7,10 @@ outcome back and nothing is written a second time.
 
 `run_once` reserves the key and runs the action in ONE transaction:
 
-1. It inserts the key row first. A concurrent request with the same key then waits on the
-   unique index (PostgreSQL) or at BEGIN IMMEDIATE (SQLite) until the first one commits, finds
-   the row and replays it: two identical requests at the same moment act once.
+1. It inserts the key row first (ON CONFLICT DO NOTHING). A concurrent request with the same
+   key then waits on the unique index (PostgreSQL) or at BEGIN IMMEDIATE (SQLite) until the
+   first one commits, finds the row and replays it: two identical requests at the same
+   moment act once.
 2. It runs the action in a savepoint, so a domain error leaves no partial write behind.
 3. It stores the outcome, status and JSON body, in the key row before committing, a domain
    error's (409/422) included, so a replay answers with the same status and message.
@@ -28,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
@@ -105,15 +106,32 @@ def run_once(
 
 
 def _reserve(*, user: User, key: str, fingerprint: str) -> tuple[IdempotencyKey, bool]:
-    """Insert the key row, or fetch the one a first request committed: (row, inserted)."""
-    try:
-        # A savepoint, so the outer transaction survives the unique violation.
-        with transaction.atomic():
-            return IdempotencyKey.objects.create(user=user, key=key, fingerprint=fingerprint), True
-    except IntegrityError:
-        # The insert waited for the first request to commit; this statement sees its row
-        # (READ COMMITTED takes a fresh snapshot per statement on PostgreSQL).
+    """Insert the key row, or fetch the one a first request committed: (row, inserted).
+
+    ON CONFLICT DO NOTHING instead of catching the unique violation, which would abort the
+    transaction unless the insert had a savepoint of its own (two more round trips). On
+    PostgreSQL the insert waits for a concurrent first request to commit; the SELECT then
+    sees its row (READ COMMITTED takes a fresh snapshot per statement)."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_RESERVE_SQL, [
+            user.pk, key, fingerprint, connection.ops.adapt_datetimefield_value(now),
+        ])
+        inserted = cursor.fetchone()
+    if inserted is None:
         return IdempotencyKey.objects.get(user=user, key=key), False
+    row = IdempotencyKey(pk=inserted[0], user=user, key=key, fingerprint=fingerprint,
+                         created_at=now)
+    row._state.adding, row._state.db = False, connection.alias
+    return row, True
+
+
+_RESERVE_SQL = f"""
+    INSERT INTO {IdempotencyKey._meta.db_table} (user_id, key, fingerprint, created_at)
+    VALUES (%s, %s, %s, %s)
+    ON CONFLICT (user_id, key) DO NOTHING
+    RETURNING id
+"""
 
 
 def idempotency_keys_purge(*, now: datetime | None = None) -> int:

@@ -4,6 +4,8 @@ from django.urls import include, path
 
 from board.api import api
 
+handler404 = "config.errors.page_not_found"
+
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -612,3 +612,14 @@ def test_the_api_docs_page_is_served(client):
     response = client.get("/api/v1/docs")
     assert response.status_code == 200
     assert "openapi.json" in response.content.decode()
+
+
+def test_an_unknown_endpoint_is_a_json_404_and_pages_stay_html(api_as, staff, client):
+    response = api_as(staff).post("/items//complete", {"token": 1})
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No such endpoint: POST /api/v1/items//complete. The "
+                                          "endpoints are listed at /api/v1/docs."}
+    page = client.get("/no-such-page/")
+    assert page.status_code == 404
+    assert page["Content-Type"].startswith("text/html")

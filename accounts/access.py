@@ -132,11 +132,19 @@ def visible_runbooks(user: User) -> "QuerySet":
     return Runbook.objects.filter(team_id__in=team_ids(user))
 
 
+def _one(queryset: QuerySet, missing: str):
+    """The one object of a queryset filtered by primary key, else 404 with `missing`. (Not
+    first(): its ORDER BY, by the model's ordering, costs the ORM more to write than the
+    query costs the database.)"""
+    try:
+        return queryset.get()
+    except queryset.model.DoesNotExist:
+        raise Http404(missing) from None
+
+
 def get_run(user: User, run_id: int, capability: Capability | None = None):
     """The run if the user may see it (else 404) and holds `capability` on it (else 403)."""
-    run = visible_runs(user).select_related("team").filter(pk=run_id).first()
-    if run is None:
-        raise Http404("No such run.")
+    run = _one(visible_runs(user).select_related("team").filter(pk=run_id), "No such run.")
     if capability is not None and not has_capability(user, run.team, capability):
         raise PermissionDenied(_refusal(capability))
     return run
@@ -145,23 +153,19 @@ def get_run(user: User, run_id: int, capability: Capability | None = None):
 def get_item(user: User, item_id: int, capability: Capability | None = None):
     from board.models import Item
 
-    item = (
+    item = _one(
         Item.objects.filter(run__in=visible_runs(user), pk=item_id)
-        .select_related("run", "run__team", "holder")
-        .first()
+        .select_related("run", "run__team", "holder"),
+        "No such item.",
     )
-    if item is None:
-        raise Http404("No such item.")
     if capability is not None and not has_capability(user, item.run.team, capability):
         raise PermissionDenied(_refusal(capability))
     return item
 
 
 def get_runbook(user: User, runbook_id: int):
-    runbook = visible_runbooks(user).select_related("team").filter(pk=runbook_id).first()
-    if runbook is None:
-        raise Http404("No such runbook.")
-    return runbook
+    return _one(visible_runbooks(user).select_related("team").filter(pk=runbook_id),
+                "No such runbook.")
 
 
 def _refusal(capability: Capability) -> str:

@@ -104,10 +104,11 @@ def api_token_authenticate(*, token: str, now: datetime | None = None) -> User |
     database reveals nothing usable through timing."""
     if not token.startswith(API_TOKEN_PREFIX):
         return None
-    api_token = (
-        ApiToken.objects.select_related("user").filter(digest=api_token_digest(token)).first()
-    )
-    if api_token is None or not api_token.user.is_active:
+    try:
+        api_token = ApiToken.objects.select_related("user").get(digest=api_token_digest(token))
+    except ApiToken.DoesNotExist:
+        return None
+    if not api_token.user.is_active:
         return None
     now = now or timezone.now()
     if api_token.last_used_at is None or now - api_token.last_used_at >= API_TOKEN_USE_RESOLUTION:

@@ -184,16 +184,20 @@ def _once(request: HttpRequest, key: str, action: Callable[[], Outcome]) -> Http
 def claims_next(request: HttpRequest, payload: ClaimNextIn | None = None,
                 idempotency_key: str = IdempotencyKeyHeader):
     user = request.auth
-    run = None
-    if payload is not None and payload.run is not None:
-        run = access.get_run(user, payload.run, Capability.WORK)
-    elif not access.teams_for(user, Capability.WORK).exists():
+    run_id = payload.run if payload is not None else None
+    if not access.team_ids(user, Capability.WORK):
+        if run_id is not None:
+            access.get_run(user, run_id, Capability.WORK)  # 404, or 403 saying why
         raise PermissionDenied("Only staff of a team can claim its items.")
 
     def claim() -> Outcome:
+        # The claim only takes items of runs the user may work on, so the run is read (for
+        # its 404 or 403) only when it found nothing; the refusal rolls the attempt back.
         try:
-            item = services.item_claim_next(actor=user, run=run)
+            item = services.item_claim_next(actor=user, run_id=run_id)
         except NothingToClaim:
+            if run_id is not None:
+                access.get_run(user, run_id, Capability.WORK)
             return Outcome(204)
         return Outcome(200, _claim_body(item))
 

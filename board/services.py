@@ -259,7 +259,7 @@ _POSTGRES_CLAIM_SQL = (
 
 
 def _claim_statement(*, actor: User, now: datetime, teams: list[int], run: Run | None,
-                     item_id: int | None) -> Item | None:
+                     run_id: int | None, item_id: int | None) -> Item | None:
     """Take the next available item (or the named one) with its `claimed` checkpoint; the
     item as it is now, or None.
 
@@ -272,15 +272,14 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int], run: Run |
     db = connections[DEFAULT_DB_ALIAS]  # once: each `connection.x` is a context-local lookup
     if db.vendor == "postgresql":
         row = _fetch_prepared(db, _POSTGRES_CLAIM_SQL, [
-            actor.pk, actor.display_name, teams, run and run.pk, item_id, settings.WIP_LIMIT,
-            now,
+            actor.pk, actor.display_name, teams, run_id, item_id, settings.WIP_LIMIT, now,
         ])
         return None if row is None else Item.from_db(db.alias, _ITEM_ATTNAMES, row)
     stamp = db.ops.adapt_datetimefield_value(now)
     lease = (duration_microseconds(run.lease_duration),
              db.ops.adapt_datetimefield_value(now + run.lease_duration)) if run else (None, None)
     params = [actor.pk, stamp, *lease, stamp, *([item_id] if item_id else []), *teams,
-              *([run.pk] if run else []), actor.pk, settings.WIP_LIMIT]
+              *([run_id] if run_id else []), actor.pk, settings.WIP_LIMIT]
     # Straight on the sqlite3 connection: Django's cursor adds more per statement than the
     # statements cost, and would add it while holding the database's one write lock, which
     # every other claimer waits for.
@@ -293,7 +292,7 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int], run: Run |
         if own_transaction:
             raw.execute("BEGIN IMMEDIATE")
         try:
-            row = raw.execute(_sqlite_claim_sql(bool(item_id), bool(run), len(teams)),
+            row = raw.execute(_sqlite_claim_sql(bool(item_id), bool(run_id), len(teams)),
                               params).fetchone()
             if row is not None:
                 # A naive UTC datetime already: the backend converts by declared type.
@@ -367,12 +366,15 @@ def _fetch_prepared(db, sql: str, params: list) -> tuple | None:
         return cursor.fetchone()
 
 
-def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> Item:
+def _claim(*, actor: User, run: Run | None = None, run_id: int | None = None,
+           item: Item | None = None) -> Item:
     teams = sorted(team_ids(actor, Capability.WORK))
     if not teams:
         raise NothingToClaim("You are not staff on any team, so there is nothing to claim.")
     now = timezone.now()
-    scope = {"run": run, "item_id": item.pk if item else None}
+    if run is not None:
+        run_id = run.pk
+    scope = {"run": run, "run_id": run_id, "item_id": item.pk if item else None}
     claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
     if claimed is None:
         with transaction.atomic():
@@ -380,7 +382,7 @@ def _claim(*, actor: User, run: Run | None = None, item: Item | None = None) -> 
                 claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
             if claimed is None:
                 refusal = _wip_refusal(held=_live_claims(actor), team_ids=teams,
-                                       run_id=run and run.pk, item_id=scope["item_id"])
+                                       run_id=run_id, item_id=scope["item_id"])
                 if refusal is not None:
                     raise refusal
                 if item is not None:
@@ -411,9 +413,10 @@ def _release_lapsed_beyond_grace(now: datetime, *, teams: list[int]) -> int:
 CLAIM_TIME_RELEASE_LIMIT = 500
 
 
-def item_claim_next(*, actor: User, run: Run | None = None) -> Item:
-    """Claim the next available item: highest severity, then oldest run, then position."""
-    return _claim(actor=actor, run=run)
+def item_claim_next(*, actor: User, run: Run | None = None, run_id: int | None = None) -> Item:
+    """Claim the next available item: highest severity, then oldest run, then position; only
+    from `run` (or the run `run_id`, for a caller that has not read it) when given."""
+    return _claim(actor=actor, run=run, run_id=run_id)
 
 
 def item_claim(*, item: Item, actor: User) -> Item:

@@ -9,6 +9,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from accounts.access import grant_role
+from accounts.models import Role
 from accounts.services import api_token_create
 from board.models import Checkpoint, CheckpointKind, IdempotencyKey, Item, ItemState
 from board.services import item_abandon, item_claim_next, item_complete, item_expire
@@ -623,3 +625,18 @@ def test_an_unknown_endpoint_is_a_json_404_and_pages_stay_html(api_as, staff, cl
     page = client.get("/no-such-page/")
     assert page.status_code == 404
     assert page["Content-Type"].startswith("text/html")
+
+
+def test_claim_next_from_a_run_i_only_audit_is_403_and_changes_nothing(
+    api_as, outsider, team, make_run
+):
+    # Staff on another team, so claiming is open to them, but only an auditor of this run's.
+    grant_role(user=outsider, team=team, role=Role.AUDITOR)
+    run = make_run()
+
+    response = api_as(outsider).post("/claims/next", {"run": run.pk})
+
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Only staff of this team can work its items."}
+    assert kinds(run) == [CheckpointKind.LAUNCHED]
+    assert not IdempotencyKey.objects.exists()

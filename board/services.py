@@ -351,12 +351,11 @@ def _item_converters(vendor: str) -> list[tuple[int, list]]:
 
 
 def _fetch_prepared(db, sql: str, params: list) -> tuple | None:
-    """The first row of a query run as a server-side prepared statement on PostgreSQL.
+    """The first row of a query run as a prepared statement on PostgreSQL, from its first
+    use (psycopg keeps it per connection, keyed by the SQL text and the parameter types).
 
-    Django's cursors bind parameters on the client, so PostgreSQL would plan every statement
-    anew. A prepared statement is planned once per connection (psycopg keeps them, keyed by
-    the SQL text and the parameter types). The rows are read without the description
-    (psycopg builds it column by column, in Python, when asked).
+    On psycopg's own cursor: Django's wrapper and its reading of the description (which
+    psycopg builds column by column, in Python) cost more than the claim's round trip.
     """
     import psycopg
 

@@ -103,10 +103,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    # Django turns psycopg's prepared statements off (prepare_threshold None), and then a
-    # statement that asks to be prepared is not. With a threshold no query reaches, only the
-    # statements that ask (the claim, board/services.py) are prepared, once per connection.
-    DATABASES["default"]["OPTIONS"] = {"prepare_threshold": 2**31 - 1}
+    # Parameters bound by the server, and every statement run twice on a connection prepared
+    # (psycopg keeps the last 100): a request's statements are the same each time, and
+    # planning them anew cost PostgreSQL more than running them (bench/claims.py, over
+    # HTTP). Django's default binds on the client, and a client-bound query is not prepared.
+    # Behind a pooler in transaction mode, prepared statements need PgBouncer 1.21 or later
+    # (max_prepared_statements).
+    DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
 else:
     raise ImproperlyConfigured("DATABASE_URL must name a sqlite:// or postgres:// database")
 

@@ -22,7 +22,8 @@ It creates its own databases: a fresh SQLite file in a temporary folder, and a f
 PostgreSQL database named by --postgres-url (default: $BENCH_POSTGRES_URL; its name must
 contain "bench", because it is dropped and re-created), migrated with `manage.py migrate`.
 Durable settings: the product's own (SQLite WAL + synchronous=NORMAL; PostgreSQL as
-configured, fsync on).
+configured, fsync on). On a shared machine one run is noisy: --repeat N runs every
+measurement N times, interleaved, and judges the ratios and targets on the medians.
 
     .venv/bin/python bench/claims.py --postgres-url postgres://postgres@127.0.0.1:55432/pb_bench
 """
@@ -701,13 +702,16 @@ def bench_database(target: Target, args: argparse.Namespace) -> list[Result]:
     results = []
     fleet = Fleet(target, args.clients_needed)
     try:
-        for clients in args.clients:
-            for method in args.methods:
-                if method == "d":
-                    continue
-                result = fleet.measure(target, method, clients, args.seconds, args.items)
-                results.append(result)
-                print_result(result)
+        for round_ in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                print(f"-- round {round_} of {args.repeat}", flush=True)
+            for clients in args.clients:
+                for method in args.methods:
+                    if method == "d":
+                        continue
+                    result = fleet.measure(target, method, clients, args.seconds, args.items)
+                    results.append(result)
+                    print_result(result)
         if "d" in args.methods:
             results.extend(bench_http(target, fleet, args))
     finally:
@@ -733,13 +737,16 @@ def bench_http(target: Target, fleet: Fleet, args: argparse.Namespace) -> list[R
         print(f"{target.vendor:10} (d) http: API not available ({missing})")
         return []
     server = Gunicorn(target, args.gunicorn_workers)
+    results = []
     try:
-        result = fleet.measure(target, "d", clients, args.seconds, args.items,
-                               {"base_url": server.base_url, "tokens": tokens})
+        for _ in range(args.repeat):
+            result = fleet.measure(target, "d", clients, args.seconds, args.items,
+                                   {"base_url": server.base_url, "tokens": tokens})
+            results.append(result)
+            print_result(result)
     finally:
         server.stop()
-    print_result(result)
-    return [result]
+    return results
 
 
 def print_result(result: Result) -> None:
@@ -755,8 +762,36 @@ def print_result(result: Result) -> None:
         print(f"    {line}")
 
 
-def summarise(results: list[Result]) -> None:
-    index = {(r.vendor, r.method, r.clients): r for r in results}
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def combine(results: list[Result]) -> Result:
+    """One result for several rounds of a measurement: the medians of their rate, p50 and
+    p99, and all their errors and problems."""
+    first = results[0]
+    return Result(
+        vendor=first.vendor, method=first.method, clients=first.clients,
+        claims=median([r.rate for r in results]), seconds=1.0,
+        p50_ms=median([r.p50_ms for r in results]), p99_ms=median([r.p99_ms for r in results]),
+        errors=[e for r in results for e in r.errors],
+        problems=[p for r in results for p in r.problems],
+        retries=sum(r.retries for r in results),
+    )
+
+
+def summarise(results: list[Result], rounds: int) -> None:
+    grouped: dict[tuple[str, str, int], list[Result]] = {}
+    for r in results:
+        grouped.setdefault((r.vendor, r.method, r.clients), []).append(r)
+    index = {key: combine(group) for key, group in grouped.items()}
+    if rounds > 1:
+        print(f"\nMedians of {rounds} rounds:")
+        for r in index.values():
+            print(f"  {r.vendor:10} ({r.method}) {METHODS[r.method]:7} {r.clients:3} clients: "
+                  f"{r.rate:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms")
     print("\nRatios (throughput; p99 where it says so):")
     for vendor in sorted({r.vendor for r in results}):
         for clients in sorted({r.clients for r in results if r.vendor == vendor}):
@@ -811,7 +846,7 @@ def summarise(results: list[Result]) -> None:
     sqlite_errors = sum(len(r.errors) for r in results if r.vendor == "sqlite")
     if sa16:
         check("SQLite: zero errors", sqlite_errors == 0, f"{sqlite_errors} errors")
-    failed = [r for r in results if r.errors or r.problems]
+    failed = [r for r in results if r.errors or r.problems]  # every round, not the medians
     check("every measurement verified (no double or lost claim, one checkpoint each)",
           not failed, f"{len(failed)} measurements with errors or problems")
 
@@ -833,6 +868,9 @@ def main() -> None:
                         help="available items in the pool at the start of each measurement")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="longest a measurement runs (it also ends when the pool is empty)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every measurement; the ratios and targets then use "
+                             "the medians (this machine's neighbours make single runs noisy)")
     parser.add_argument("--http-clients", type=int, default=16)
     parser.add_argument("--http-sqlite", action="store_true",
                         help="also measure (d) on SQLite (default: PostgreSQL only)")
@@ -877,7 +915,7 @@ def main() -> None:
                 methods = args.methods
             results.extend(bench_database(target, argparse.Namespace(
                 **{**vars(args), "methods": methods})))
-        summarise(results)
+        summarise(results, args.repeat)
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -95,7 +95,7 @@ def run_once(
                 failure = error
                 outcome = Outcome(error.status, {"detail": error.message})
             row.status, row.body = outcome.status, outcome.body
-            row.save(update_fields=["status", "body"])
+            IdempotencyKey.objects.filter(pk=row.pk).update(status=row.status, body=row.body)
     if not reserved:
         if row.status >= 400:
             raise ReplayedError(row.body["detail"], row.status)
@@ -120,10 +120,8 @@ def _reserve(*, user: User, key: str, fingerprint: str) -> tuple[IdempotencyKey,
         inserted = cursor.fetchone()
     if inserted is None:
         return IdempotencyKey.objects.get(user=user, key=key), False
-    row = IdempotencyKey(pk=inserted[0], user=user, key=key, fingerprint=fingerprint,
-                         created_at=now)
-    row._state.adding, row._state.db = False, connection.alias
-    return row, True
+    return IdempotencyKey(pk=inserted[0], user=user, key=key, fingerprint=fingerprint,
+                          created_at=now), True
 
 
 _RESERVE_SQL = f"""

@@ -24,7 +24,7 @@ run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo
 	$(BIN)/python manage.py collectstatic --noinput -v0
-	@echo "Pullboard: http://127.0.0.1:8000 (Ctrl-C stops web, worker and beat)"
+	@echo "Pullboard: http://127.0.0.1:$${WEB_PORT:-8000} (Ctrl-C stops web, worker and beat)"
 	$(BIN)/honcho start -f Procfile
 
 test: install test-sqlite test-postgres

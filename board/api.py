@@ -298,7 +298,10 @@ def _detail(request: HttpRequest, message: str, status: int) -> HttpResponse:
 
 @api.exception_handler(BoardError)
 def _board_error(request: HttpRequest, error: BoardError) -> HttpResponse:
-    return _detail(request, error.message, error.status)
+    response = _detail(request, error.message, error.status)
+    if isinstance(error, idempotency.ReplayedError):
+        response["Idempotent-Replayed"] = "true"  # as for a replayed success
+    return response
 
 
 @api.exception_handler(Http404)

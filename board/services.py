@@ -385,7 +385,7 @@ def _claim(*, actor: User, run: Run | None = None, run_id: int | None = None,
                 if refusal is not None:
                     raise refusal
                 if item is not None:
-                    raise NotAvailable(_not_available_message(item.pk))
+                    raise NotAvailable(_not_available_message(item.pk, actor))
                 raise NothingToClaim("Nothing is available to claim right now.")
     _schedule_expiry(claimed)
     if run is not None:
@@ -423,14 +423,19 @@ def item_claim(*, item: Item, actor: User) -> Item:
     return _claim(actor=actor, item=item)
 
 
-def _not_available_message(item_id: int) -> str:
+def _not_available_message(item_id: int, actor: User) -> str:
     item = Item.objects.select_related("holder").filter(pk=item_id).first()
     if item is None:
         return "That item no longer exists."
+    if item.state == ItemState.CLAIMED and item.holder_id == actor.pk:
+        return f"You already hold “{item.title}”."
     if item.state == ItemState.CLAIMED:
         return f"“{item.title}” is already held by {item.holder.display_name}."
     if item.state == ItemState.WAITING:
         return f"“{item.title}” is waiting for its prerequisites."
+    if item.state == ItemState.STUCK:
+        return (f"“{item.title}” is stuck (its claims ran out or were abandoned too often): "
+                "a manager can requeue or skip it.")
     return f"“{item.title}” is {item.get_state_display().lower()}, not available."
 
 
@@ -472,6 +477,12 @@ def _stale_token_message(item_id: int, token: int, actor: User) -> str:
     elif last_end and last_end.kind == CheckpointKind.ABANDONED:
         why = "That claim was abandoned. "
     if item.state == ItemState.CLAIMED and item.holder_id == actor.pk and item.token != token:
+        first = Checkpoint.objects.filter(
+            item_id=item_id, token=token, kind=CheckpointKind.CLAIMED
+        ).values_list("actor_id", "actor_name").first()
+        if first and first[0] != actor.pk:
+            return why + (f"Token {token} was {first[1]}'s claim, not yours: you hold "
+                          f"“{item.title}” with token {item.token}.")
         return why + "You have claimed this item again since; reload to act on the new claim."
     if item.state == ItemState.CLAIMED:
         return why + f"“{item.title}” is now held by {item.holder.display_name}."

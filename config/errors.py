@@ -1,7 +1,10 @@
 """Error pages that keep a person mid-incident oriented instead of stranding them."""
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
 from django.views import defaults
 
 STALE_FORM = (
@@ -30,3 +33,35 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
             "/api/v1/docs."
         )}, status=404)
     return defaults.page_not_found(request, exception)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """400, and 413 for a body over DATA_UPLOAD_MAX_MEMORY_SIZE: JSON under /api/."""
+    if request.path.startswith("/api/"):
+        if isinstance(exception, RequestDataTooBig):
+            limit = filesizeformat(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+            return JsonResponse({"detail": (
+                f"The request body is larger than this server accepts ({limit})."
+            )}, status=413)
+        return JsonResponse({"detail": "Bad request."}, status=400)
+    return defaults.bad_request(request, exception)
+
+
+class ApiMethodNotAllowedMiddleware:
+    """A wrong method on an API endpoint answers JSON like every other API error (ninja
+    answers it in plain text)."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code == 405 and request.path.startswith("/api/") and \
+                not response.get("Content-Type", "").startswith("application/json"):
+            allowed = response.get("Allow", "")
+            replaced = JsonResponse({"detail": (
+                f"{request.method} is not allowed on {request.path}: use {allowed}."
+            )}, status=405)
+            replaced["Allow"] = allowed
+            return replaced
+        return response

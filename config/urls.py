@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from board.api import api
 
+handler400 = "config.errors.bad_request"
 handler404 = "config.errors.page_not_found"
 
 urlpatterns = [

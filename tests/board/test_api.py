@@ -640,3 +640,72 @@ def test_claim_next_from_a_run_i_only_audit_is_403_and_changes_nothing(
     assert response.json() == {"detail": "Only staff of this team can work its items."}
     assert kinds(run) == [CheckpointKind.LAUNCHED]
     assert not IdempotencyKey.objects.exists()
+
+
+def test_a_wrong_method_is_a_json_405_naming_the_right_one(api_as, staff, make_run):
+    run = make_run()
+
+    response = api_as(staff).post(f"/runs/{run.pk}")
+
+    assert response.status_code == 405
+    assert response["Allow"] == "GET"
+    assert response.json() == {"detail": f"POST is not allowed on /api/v1/runs/{run.pk}: use "
+                                          "GET."}
+
+
+def test_a_body_over_the_limit_is_a_json_413_and_changes_nothing(api_as, staff, make_run,
+                                                                  settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    run = make_run()
+    claim = item_claim_next(actor=staff, run=run)
+
+    response = api_as(staff).post(f"/items/{claim.pk}/complete",
+                                  {"token": claim.token, "note": "x" * 2000})
+
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is larger than this server accepts "
+                                          "(1000\xa0bytes)."}
+    assert Item.objects.get(pk=claim.pk).state == ItemState.CLAIMED
+
+
+def test_a_replayed_refusal_says_it_is_a_replay(api_as, staff, make_run):
+    run = make_run()
+    claim = item_claim_next(actor=staff, run=run)
+    api = api_as(staff)
+    body = {"token": claim.token + 5}
+
+    first = api.post(f"/items/{claim.pk}/complete", body, key="k-1")
+    again = api.post(f"/items/{claim.pk}/complete", body, key="k-1")
+
+    assert first.status_code == again.status_code == 409
+    assert again.json() == first.json()
+    assert "Idempotent-Replayed" not in first
+    assert again["Idempotent-Replayed"] == "true"
+
+
+def test_claiming_an_item_i_hold_says_i_hold_it(api_as, staff, parallel_run):
+    claim = item_claim_next(actor=staff, run=parallel_run)
+
+    response = api_as(staff).post(f"/items/{claim.pk}/claim")
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"You already hold “{claim.title}”."}
+
+
+def test_acting_with_a_token_of_someone_elses_earlier_claim_says_whose(
+    api_as, staff, teammate, make_run
+):
+    run = make_run()
+    first = item_claim_next(actor=staff, run=run)
+    item_abandon(item_id=first.pk, token=first.token, actor=staff, reason="handing over")
+    second = item_claim_next(actor=teammate, run=run)
+    assert second.pk == first.pk
+
+    response = api_as(teammate).post(f"/items/{first.pk}/complete", {"token": first.token})
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": (
+        f"That claim was abandoned. Token {first.token} was {staff.display_name}'s claim, not "
+        f"yours: you hold “{first.title}” with token {second.token}."
+    )}
+    assert Item.objects.get(pk=first.pk).state == ItemState.CLAIMED

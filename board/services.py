@@ -276,9 +276,10 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int], run: Run |
         ])
         return None if row is None else Item.from_db(db.alias, _ITEM_ATTNAMES, row)
     stamp = db.ops.adapt_datetimefield_value(now)
-    lease = (duration_microseconds(run.lease_duration),
-             db.ops.adapt_datetimefield_value(now + run.lease_duration)) if run else (None, None)
-    params = [actor.pk, stamp, *lease, stamp, *([item_id] if item_id else []), *teams,
+    assumed_lease = (duration_microseconds(run.lease_duration),
+                     db.ops.adapt_datetimefield_value(now + run.lease_duration)) if run else (
+        None, None)
+    params = [actor.pk, stamp, *assumed_lease, stamp, *([item_id] if item_id else []), *teams,
               *([run_id] if run_id else []), actor.pk, settings.WIP_LIMIT]
     # Straight on the sqlite3 connection: Django's cursor adds more per statement than the
     # statements cost, and would add it while holding the database's one write lock, which

@@ -483,3 +483,18 @@ def test_checkpoint_raw_sql_delete_is_refused_by_postgresql(checkpoint):
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM board_checkpoint WHERE id = %s", [checkpoint.pk])
     assert Checkpoint.objects.filter(pk=checkpoint.pk).exists()
+
+
+def test_a_claim_takes_the_runs_lease_length_as_stored_not_as_the_caller_read_it(
+    staff, make_run
+):
+    run = make_run()  # the caller's copy: a 15-minute lease
+    type(run).objects.filter(pk=run.pk).update(lease_duration=timedelta(minutes=40))
+
+    with time_machine.travel(T0, tick=False):
+        claim = item_claim_next(actor=staff, run=run)
+
+    assert claim.lease_expires_at == T0 + timedelta(minutes=40)
+    assert Item.objects.get(pk=claim.pk).lease_expires_at == T0 + timedelta(minutes=40)
+    checkpoint = Checkpoint.objects.get(item_id=claim.pk, kind=CheckpointKind.CLAIMED)
+    assert checkpoint.data == {"lease_expires_at": (T0 + timedelta(minutes=40)).isoformat()}

@@ -10,7 +10,7 @@ from functools import cache
 
 from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from guardian.shortcuts import assign_perm, remove_perm
 
@@ -21,12 +21,14 @@ class Capability(StrEnum):
     WORK = "accounts.work_team"
     MANAGE = "accounts.manage_team"
     AUDIT = "accounts.audit_team"
+    LAUNCH = "accounts.launch_team"  # managers launch by MANAGE; integrations by this alone
 
 
 ROLE_CAPABILITIES: dict[str, tuple[Capability, ...]] = {
     Role.STAFF: (Capability.WORK,),
     Role.MANAGER: (Capability.WORK, Capability.MANAGE, Capability.AUDIT),
     Role.AUDITOR: (Capability.AUDIT,),
+    Role.INTEGRATION: (Capability.LAUNCH,),
 }
 
 
@@ -115,9 +117,35 @@ def revoke_all(*, user: User, team: Team) -> None:
 
 
 def visible_runs(user: User) -> "QuerySet":
+    """The runs of the user's teams, and the runs pushed to one of them."""
     from board.models import Run
 
-    return Run.objects.filter(team_id__in=team_ids(user))
+    teams = team_ids(user)
+    return Run.objects.filter(Q(team_id__in=teams) | Q(assigned_team_id__in=teams))
+
+
+def run_capability(user: User, run, capability: Capability) -> bool:
+    """Whether the user holds `capability` on the run: on its team, or, to work on it, on
+    the team it is pushed to."""
+    if run.team_id in team_ids(user, capability):
+        return True
+    return capability == Capability.WORK and run.assigned_team_id is not None and \
+        run.assigned_team_id in team_ids(user, Capability.WORK)
+
+
+def launch_teams(user: User) -> frozenset[int]:
+    """The teams whose runs the user may launch: as their manager, or as an integration."""
+    return team_ids(user, Capability.MANAGE, Capability.LAUNCH)
+
+
+def team_members(team: Team, capability: Capability) -> list[User]:
+    """The active users holding `capability` on the team, themselves or through a group."""
+    from guardian.shortcuts import get_users_with_perms
+
+    codename = capability.split(".", 1)[1]
+    return [user for user in get_users_with_perms(
+        team, with_group_users=True, only_with_perms_in=[codename]
+    ) if user.is_active]
 
 
 def workable_runs(user: User) -> "QuerySet":
@@ -145,7 +173,7 @@ def _one(queryset: QuerySet, missing: str):
 def get_run(user: User, run_id: int, capability: Capability | None = None):
     """The run if the user may see it (else 404) and holds `capability` on it (else 403)."""
     run = _one(visible_runs(user).select_related("team").filter(pk=run_id), "No such run.")
-    if capability is not None and not has_capability(user, run.team, capability):
+    if capability is not None and not run_capability(user, run, capability):
         raise PermissionDenied(_refusal(capability))
     return run
 
@@ -158,7 +186,7 @@ def get_item(user: User, item_id: int, capability: Capability | None = None):
         .select_related("run", "run__team", "holder"),
         "No such item.",
     )
-    if capability is not None and not has_capability(user, item.run.team, capability):
+    if capability is not None and not run_capability(user, item.run, capability):
         raise PermissionDenied(_refusal(capability))
     return item
 
@@ -173,4 +201,5 @@ def _refusal(capability: Capability) -> str:
         Capability.WORK: "Only staff of this team can work its items.",
         Capability.MANAGE: "Only managers of this team can do that.",
         Capability.AUDIT: "Only auditors and managers of this team can export its trail.",
+        Capability.LAUNCH: "Only managers of this team can launch its runs.",
     }[capability]

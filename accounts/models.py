@@ -26,6 +26,8 @@ class Role(models.TextChoices):
     STAFF = "staff", "Staff"
     MANAGER = "manager", "Manager"
     AUDITOR = "auditor", "Auditor"
+    # An alerting system's account: launches the team's runs from alerts, nothing else.
+    INTEGRATION = "integration", "Integration"
 
 
 class Team(models.Model):
@@ -40,6 +42,7 @@ class Team(models.Model):
             ("work_team", "Can claim and work the team's items"),
             ("manage_team", "Can launch and steer the team's runs"),
             ("audit_team", "Can read and export the team's trails"),
+            ("launch_team", "Can launch the team's runs (an alerting integration)"),
         ]
 
     def __str__(self) -> str:

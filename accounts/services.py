@@ -25,6 +25,7 @@ ROLE_MODEL_PERMISSIONS: dict[str, list[str]] = {
         "checklists.add_runbook", "checklists.view_runbook",
     ],
     Role.AUDITOR: ["board.view_run", "board.view_item", "board.view_checkpoint"],
+    Role.INTEGRATION: ["board.view_run", "board.add_run"],
 }
 
 

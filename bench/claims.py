@@ -9,8 +9,11 @@ measurement, it measures claims per second and p50/p99 latency of:
   (b) floor    bare SQL without Django: on PostgreSQL one statement that claims with SKIP
                LOCKED and inserts the checkpoint (a data-modifying CTE); on SQLite
                BEGIN IMMEDIATE + UPDATE ... RETURNING + INSERT + COMMIT;
-  (c) naive    read the first available id, then UPDATE ... WHERE id = ? AND
-               state = 'available', retrying when another client got there first;
+  (c) naive    the claim as one would first write it with the Django ORM: read the first
+               available id, then in a transaction UPDATE ... WHERE id = ? AND
+               state = 'available' and create the checkpoint, retrying when another
+               client got there first;
+  (e) naive-sql  the same loop in bare SQL without Django, for scale;
   (d) http     POST /api/v1/claims/next through gunicorn with a Bearer token and an
                Idempotency-Key (16 clients; PostgreSQL, and SQLite when asked).
 
@@ -49,7 +52,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
-METHODS = {"a": "service", "b": "floor", "c": "naive", "d": "http"}
+METHODS = {"a": "service", "b": "floor", "c": "naive", "d": "http", "e": "naivesql"}
 LEASE = timedelta(minutes=15)
 TEAM = "bench"
 ONE_STEP = "---\ntitle: Bench\nlease_minutes: 15\n---\n# Bench\n\n- Only step\n"
@@ -409,6 +412,50 @@ class FloorClaimer(Claimer):
         self.conn.close()
 
 
+class NaiveOrmClaimer(Claimer):
+    def __init__(self, target: Target, user_id: int):
+        from django.db import connection
+
+        from accounts.models import User
+
+        self.user = User.objects.get(pk=user_id)
+        self.run_id = target.run_id
+        connection.ensure_connection()
+
+    def claim(self):
+        from django.db import transaction
+        from django.db.models import F
+        from django.utils import timezone
+
+        from board.models import Checkpoint, CheckpointKind, Item, ItemState
+
+        while True:
+            item_id = (Item.objects.filter(run_id=self.run_id, state=ItemState.AVAILABLE)
+                       .order_by("position").values_list("pk", flat=True).first())
+            if item_id is None:
+                return None
+            now = timezone.now()
+            with transaction.atomic():
+                won = Item.objects.filter(pk=item_id, state=ItemState.AVAILABLE).update(
+                    state=ItemState.CLAIMED, holder=self.user, token=F("token") + 1,
+                    claimed_at=now, lease_expires_at=now + LEASE,
+                )
+                if won:
+                    token = Item.objects.values_list("token", flat=True).get(pk=item_id)
+                    Checkpoint.objects.create(
+                        run_id=self.run_id, item_id=item_id, kind=CheckpointKind.CLAIMED,
+                        at=now, actor=self.user, actor_name=self.user.username, token=token,
+                        data={"lease_expires_at": (now + LEASE).isoformat()},
+                    )
+                    return item_id, token
+            self.retries += 1
+
+    def close(self) -> None:
+        from django.db import connection
+
+        connection.close()
+
+
 class NaiveClaimer(FloorClaimer):
     def claim(self):
         while True:
@@ -502,6 +549,8 @@ def client_main(index: int, target: Target, commands: mp.Queue, results: mp.Queu
             elif method == "b":
                 claimer = FloorClaimer(target, user_id)
             elif method == "c":
+                claimer = NaiveOrmClaimer(target, user_id)
+            elif method == "e":
                 claimer = NaiveClaimer(target, user_id)
             else:
                 claimer = HttpClaimer(target, user_id, extra["base_url"],
@@ -752,7 +801,7 @@ def bench_http(target: Target, fleet: Fleet, args: argparse.Namespace) -> list[R
 def print_result(result: Result) -> None:
     status = "ok" if not (result.errors or result.problems) else "FAILED"
     print(
-        f"{result.vendor:10} ({result.method}) {METHODS[result.method]:7} {result.clients:3} "
+        f"{result.vendor:10} ({result.method}) {METHODS[result.method]:8} {result.clients:3} "
         f"clients: {result.claims:6} claims in {result.seconds:5.2f} s = "
         f"{result.rate:8.0f}/s  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
         f"{'retries ' + str(result.retries) + '  ' if result.retries else ''}verify: {status}",
@@ -790,7 +839,7 @@ def summarise(results: list[Result], rounds: int) -> None:
     if rounds > 1:
         print(f"\nMedians of {rounds} rounds:")
         for r in index.values():
-            print(f"  {r.vendor:10} ({r.method}) {METHODS[r.method]:7} {r.clients:3} clients: "
+            print(f"  {r.vendor:10} ({r.method}) {METHODS[r.method]:8} {r.clients:3} clients: "
                   f"{r.rate:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms")
     print("\nRatios (throughput; p99 where it says so):")
     for vendor in sorted({r.vendor for r in results}):
@@ -803,6 +852,9 @@ def summarise(results: list[Result], rounds: int) -> None:
                              f"{a.p99_ms / b.p99_ms:5.2f}")
             if a and c:
                 parts.append(f"(a)/(c) {a.rate / c.rate:5.2f}")
+            e = index.get((vendor, "e", clients))
+            if a and e:
+                parts.append(f"(a)/(e) {a.rate / e.rate:5.2f}")
             if d and b:
                 parts.append(f"(d)/(b) {d.rate / b.rate:5.2f}")
             if parts:
@@ -862,8 +914,9 @@ def main() -> None:
                         help="comma-separated: sqlite, postgresql (default: both)")
     parser.add_argument("--clients", default="1,4,16,64",
                         help="comma-separated client counts (default: 1,4,16,64)")
-    parser.add_argument("--methods", default="abcd",
-                        help="which of a (service), b (floor), c (naive), d (http): default abcd")
+    parser.add_argument("--methods", default="abcde",
+                        help="which of a (service), b (floor), c (naive), d (http), e (naive in "
+                             "bare SQL): default abcde")
     parser.add_argument("--items", type=int, default=10_000,
                         help="available items in the pool at the start of each measurement")
     parser.add_argument("--seconds", type=float, default=5.0,

@@ -19,6 +19,16 @@ class RunMode(models.TextChoices):
     HYBRID = "hybrid", "Hybrid"
 
 
+class FailureScope(models.TextChoices):
+    PARTIAL = "partial", "Partial (one part is down)"
+    TOTAL = "total", "Total (everything is down)"
+
+
+class FailureNature(models.TextChoices):
+    TRANSIENT = "transient", "Transient (it may pass)"
+    PERSISTENT = "persistent", "Persistent (it stays until fixed)"
+
+
 class RunState(models.TextChoices):
     ACTIVE = "active", "Active"
     COMPLETED = "completed", "Completed"
@@ -35,6 +45,21 @@ class Run(models.Model):
     severity = models.PositiveSmallIntegerField(choices=Severity.choices, default=Severity.SEV3)
     ref = models.CharField("incident reference", max_length=200, blank=True)
     mode = models.CharField(max_length=8, choices=RunMode.choices, default=RunMode.PULL)
+    # The two facts about the failure asked at launch, and the mode they recommended.
+    scope = models.CharField(max_length=8, choices=FailureScope.choices, blank=True)
+    nature = models.CharField(max_length=10, choices=FailureNature.choices, blank=True)
+    recommended_mode = models.CharField(max_length=8, choices=RunMode.choices, blank=True)
+    # Whom the run is pushed to: one person or one team, or neither (the shared pool).
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="+",
+    )
+    assigned_team = models.ForeignKey(
+        "accounts.Team", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+    )
+    # "<runbook team>:<slug>:<ref>" while the run has a ref: one open run per incident and
+    # runbook (an alert sent twice, a launch retried), however many runbook versions.
+    launch_key = models.CharField(max_length=400, blank=True)
     state = models.CharField(max_length=12, choices=RunState.choices, default=RunState.ACTIVE)
     lease_duration = models.DurationField(default=timedelta(minutes=15))
     max_attempts = models.PositiveIntegerField(default=3)
@@ -48,10 +73,22 @@ class Run(models.Model):
         related_name="+",
     )
     completed_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["severity", "launched_at", "id"]
         indexes = [models.Index(fields=["state", "team"], name="run_state_team")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(assignee__isnull=True) | models.Q(assigned_team__isnull=True),
+                name="run_one_assignee",
+            ),
+            models.UniqueConstraint(
+                fields=["launch_key"],
+                condition=models.Q(state="active") & ~models.Q(launch_key=""),
+                name="run_one_open_per_ref",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.title
@@ -94,6 +131,16 @@ class Item(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
         related_name="held_items", db_index=False,  # item_held
     )
+    # A pushed item: only this person, or members of this team, may claim it (and it comes
+    # first in their claim-next); neither: anyone working for the run's team.
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+        related_name="+", db_index=False,  # item_assigned
+    )
+    assigned_team = models.ForeignKey(
+        "accounts.Team", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        db_index=False,  # item_team_assigned
+    )
     token = models.PositiveBigIntegerField(default=0)
     claimed_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -113,12 +160,26 @@ class Item(models.Model):
                 ),
                 name="item_holder_iff_claimed",
             ),
+            models.CheckConstraint(
+                condition=models.Q(assignee__isnull=True) | models.Q(assigned_team__isnull=True),
+                name="item_one_assignee",
+            ),
         ]
         indexes = [
-            # The pool: only available items, so finding a run's first one never walks past
-            # the claimed and done ones (a draining run of thousands stays one index step).
-            models.Index(fields=["run", "position"], condition=models.Q(state="available"),
+            # The shared pool: only available items no one was assigned, so finding a run's
+            # first one never walks past the claimed, done and pushed ones (a draining run of
+            # thousands stays one index step).
+            models.Index(fields=["run", "position"],
+                         condition=models.Q(state="available", assignee__isnull=True,
+                                            assigned_team__isnull=True),
                          name="item_pool"),
+            # Pushed items waiting for their person or team.
+            models.Index(fields=["assignee"],
+                         condition=models.Q(state="available", assignee__isnull=False),
+                         name="item_assigned"),
+            models.Index(fields=["assigned_team"],
+                         condition=models.Q(state="available", assigned_team__isnull=False),
+                         name="item_team_assigned"),
             # Every index is written by every claim (a claim changes indexed columns, so it is
             # never a HOT update): the others cover only the claimed items, the few.
             # The sweep: claimed items by the end of their lease.
@@ -147,6 +208,7 @@ class CheckpointKind(models.TextChoices):
     RESET = "reset"
     RUN_COMPLETED = "run_completed"
     RUN_CANCELLED = "run_cancelled"
+    ALERT_RESOLVED = "alert_resolved"
 
 
 class AppendOnlyQuerySet(models.QuerySet):

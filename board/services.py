@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache, partial
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Case, F, PositiveBigIntegerField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -24,6 +24,8 @@ from board.models import (
     FINISHED_STATES,
     Checkpoint,
     CheckpointKind,
+    FailureNature,
+    FailureScope,
     Item,
     ItemState,
     Run,
@@ -73,8 +75,33 @@ def checkpoint_append(
 # --- Launch ---------------------------------------------------------------------------------
 
 
-@transaction.atomic
-def run_launch(
+def recommend_mode(scope: str, nature: str) -> tuple[str, str]:
+    """The recovery mode the two facts about a failure suggest, with a one-line reason
+    (background/push-pull-recovery: transient, partial failures resume by pull; persistent,
+    total ones restart by push from a safe step; mixed ones push to a team that pulls)."""
+    if not scope or not nature:
+        return RunMode.PULL, ("Pull is the default: staff take the next item from the pool, "
+                              "and an interruption costs one item, not the list.")
+    if scope == FailureScope.PARTIAL and nature == FailureNature.TRANSIENT:
+        return RunMode.PULL, ("A transient, partial failure: resume item by item from the "
+                              "pool; whoever is free pulls the next step.")
+    if scope == FailureScope.TOTAL and nature == FailureNature.PERSISTENT:
+        return RunMode.PUSH, ("A persistent, total failure: restart from a known safe step "
+                              "and push the list to the person who will drive it.")
+    return RunMode.HYBRID, ("A mixed failure: push the run to one team for control, and let "
+                            "its members pull the items within it.")
+
+
+def _launch_key(runbook: Runbook, ref: str) -> str:
+    return f"{runbook.team_id}:{runbook.slug}:{ref}" if ref else ""
+
+
+def run_launch(**kwargs) -> Run:
+    """run_launch_once, for callers that do not need to know whether the run is new."""
+    return run_launch_once(**kwargs)[0]
+
+
+def run_launch_once(
     *,
     runbook: Runbook,
     title: str,
@@ -82,28 +109,85 @@ def run_launch(
     severity: int = 3,
     ref: str = "",
     team: Team | None = None,
-    mode: str = RunMode.PULL,
+    scope: str = "",
+    nature: str = "",
+    mode: str | None = None,
+    assignee: User | None = None,
+    assigned_team: Team | None = None,
     actor_name: str | None = None,
-) -> Run:
-    """Copy the runbook's steps into a new run's items; items with prerequisites wait."""
-    title = title.strip()
+) -> tuple[Run, bool]:
+    """Copy the runbook's steps into a new run's items (items with prerequisites wait); or,
+    when an open run of this runbook already has this incident reference, that run: (run,
+    launched). `mode` None follows the recommendation of `scope` and `nature`; the run is
+    pushed to `assignee` or `assigned_team` from the start when one is given."""
+    title, ref = title.strip(), ref.strip()
     if not title:
         raise InvalidInput("A run needs a title.")
     if severity not in (1, 2, 3, 4):
         raise InvalidInput("Severity must be 1 (critical) to 4 (low).")
-    run = Run.objects.create(
-        runbook=runbook,
-        team=team or runbook.team,
-        title=title,
-        severity=severity,
-        ref=ref.strip(),
-        mode=mode,
-        lease_duration=runbook.lease_duration,
-        max_attempts=runbook.max_attempts,
-        max_lease=runbook.max_lease or 4 * runbook.lease_duration,
-        wip_limit=runbook.wip_limit,
-        launched_by=actor,
-    )
+    if scope not in ("", *FailureScope.values):
+        raise InvalidInput(f"Scope must be one of {', '.join(FailureScope.values)}.")
+    if nature not in ("", *FailureNature.values):
+        raise InvalidInput(f"Nature must be one of {', '.join(FailureNature.values)}.")
+    if mode not in (None, *RunMode.values):
+        raise InvalidInput(f"Mode must be one of {', '.join(RunMode.values)}.")
+    recommended, _reason = recommend_mode(scope, nature)
+    team = team or runbook.team
+    key = _launch_key(runbook, ref)
+    with transaction.atomic():
+        if key:
+            existing = Run.objects.filter(launch_key=key, state=RunState.ACTIVE).first()
+            if existing is not None:
+                return existing, False
+        from board.push import assignment_check
+
+        assignment_check(team=team, assignee=assignee, assigned_team=assigned_team, actor=actor)
+        try:
+            # A savepoint: two launches of one incident at once meet at the unique index
+            # run_one_open_per_ref, and the second then returns the first one's run.
+            with transaction.atomic():
+                run = Run.objects.create(
+                    runbook=runbook, team=team, title=title, severity=severity, ref=ref,
+                    launch_key=key, scope=scope, nature=nature, recommended_mode=recommended,
+                    mode=mode or recommended, assignee=assignee, assigned_team=assigned_team,
+                    lease_duration=runbook.lease_duration,
+                    max_attempts=runbook.max_attempts,
+                    max_lease=runbook.max_lease or 4 * runbook.lease_duration,
+                    wip_limit=runbook.wip_limit,
+                    launched_by=actor,
+                )
+        except IntegrityError:
+            if not key:
+                raise
+            return Run.objects.get(launch_key=key, state=RunState.ACTIVE), False
+        item_count = _copy_steps(run, runbook)
+        checkpoint_append(
+            run_id=run.pk,
+            kind=CheckpointKind.LAUNCHED,
+            actor=actor,
+            actor_name=actor_name,
+            data={
+                "runbook": runbook.slug,
+                "version": runbook.version,
+                "items": item_count,
+                "severity": severity,
+                "ref": run.ref,
+                "scope": scope,
+                "nature": nature,
+                "recommended_mode": recommended,
+                "mode": run.mode,
+                "assignee": assignee.username if assignee else None,
+                "assigned_team": assigned_team.slug if assigned_team else None,
+            },
+        )
+    if assignee or assigned_team:
+        from board.push import notify_assignment
+
+        notify_assignment(run=run, actor=actor, reason="", launched=True)
+    return run, True
+
+
+def _copy_steps(run: Run, runbook: Runbook) -> int:
     steps = list(runbook.steps.order_by("position").prefetch_related("prerequisites"))
     items = Item.objects.bulk_create(
         Item(
@@ -116,6 +200,8 @@ def run_launch(
             section=step.section,
             section_note=step.section_note,
             state=ItemState.WAITING if step.prerequisites.all() else ItemState.AVAILABLE,
+            assignee=run.assignee,
+            assigned_team=run.assigned_team,
         )
         for step in steps
     )
@@ -126,21 +212,7 @@ def run_launch(
         for step in steps
         for pre in step.prerequisites.all()
     )
-    checkpoint_append(
-        run_id=run.pk,
-        kind=CheckpointKind.LAUNCHED,
-        actor=actor,
-        actor_name=actor_name,
-        data={
-            "runbook": runbook.slug,
-            "version": runbook.version,
-            "items": len(items),
-            "severity": severity,
-            "ref": run.ref,
-            "mode": mode,
-        },
-    )
-    return run
+    return len(items)
 
 
 # --- Claims ---------------------------------------------------------------------------------
@@ -209,32 +281,44 @@ def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
 # round trip, in its own transaction or in the caller's.
 #
 # SQLite runs one writer at a time (BEGIN IMMEDIATE), so it needs neither lock: one
-# conditional UPDATE ... RETURNING, a correlated subquery finding each run's first item, then
-# the checkpoint's INSERT.
+# conditional UPDATE ... RETURNING, then the checkpoint's INSERT. The item is the first item
+# pushed to the claimant (in person, then to one of their teams), else the first of the
+# shared pool, found run by run (a correlated subquery each, one step down item_pool).
 _SQLITE_CLAIM_SQL = """
     UPDATE board_item
-    SET state = 'claimed', holder_id = ?, token = token + 1, claimed_at = ?,
+    SET state = 'claimed', holder_id = :holder, token = token + 1, claimed_at = :now,
         lease_expires_at = (
-            SELECT CASE WHEN r.lease_duration = ? THEN ?
-                        ELSE django_format_dtdelta('+', ?, r.lease_duration) END
+            SELECT CASE WHEN r.lease_duration = :assumed_duration THEN :assumed_end
+                        ELSE django_format_dtdelta('+', :now, r.lease_duration) END
             FROM board_run r WHERE r.id = board_item.run_id
         )
-    WHERE id = (
+    WHERE id = COALESCE((
+        SELECT ci.id FROM board_item ci JOIN board_run cr ON cr.id = ci.run_id
+        WHERE ci.state = 'available' {item_filter}
+          AND (ci.assignee_id = :holder OR ci.assigned_team_id IN ({teams}))
+          AND cr.state = 'active' {run_filter}
+          AND (cr.team_id IN ({teams}) OR cr.assigned_team_id IN ({teams}))
+          AND (SELECT COUNT(*) FROM board_item h WHERE h.holder_id = :holder)
+              < COALESCE(cr.wip_limit, :default_wip)
+        ORDER BY ci.assignee_id IS NULL, cr.severity, cr.launched_at, cr.id, ci.position
+        LIMIT 1
+    ), (
         SELECT x.id FROM (
             SELECT (
                 SELECT ci.id FROM board_item ci
                 WHERE ci.run_id = cr.id AND ci.state = 'available' {item_filter}
+                  AND ci.assignee_id IS NULL AND ci.assigned_team_id IS NULL
                 ORDER BY ci.position LIMIT 1
             ) AS id, cr.severity, cr.launched_at, cr.id AS run_id
             FROM board_run cr
             WHERE cr.state = 'active' AND cr.team_id IN ({teams}) {run_filter}
-              AND (SELECT COUNT(*) FROM board_item h WHERE h.holder_id = ?)
-                  < COALESCE(cr.wip_limit, ?)
+              AND (SELECT COUNT(*) FROM board_item h WHERE h.holder_id = :holder)
+                  < COALESCE(cr.wip_limit, :default_wip)
         ) x
         WHERE x.id IS NOT NULL
         ORDER BY x.severity, x.launched_at, x.run_id
         LIMIT 1
-    ) AND state = 'available'
+    )) AND state = 'available'
     RETURNING {columns}
 """
 # The lease ends one lease_duration of the item's run after the claim. When the caller knows
@@ -276,11 +360,14 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int], run: Run |
         ])
         return None if row is None else Item.from_db(db.alias, _ITEM_ATTNAMES, row)
     stamp = db.ops.adapt_datetimefield_value(now)
-    assumed_lease = (duration_microseconds(run.lease_duration),
-                     db.ops.adapt_datetimefield_value(now + run.lease_duration)) if run else (
-        None, None)
-    params = [actor.pk, stamp, *assumed_lease, stamp, *([item_id] if item_id else []), *teams,
-              *([run_id] if run_id else []), actor.pk, settings.WIP_LIMIT]
+    params = {
+        "holder": actor.pk, "now": stamp, "default_wip": settings.WIP_LIMIT,
+        "item": item_id, "run": run_id,
+        "assumed_duration": duration_microseconds(run.lease_duration) if run else None,
+        "assumed_end": db.ops.adapt_datetimefield_value(now + run.lease_duration)
+        if run else None,
+        **{f"team{index}": team for index, team in enumerate(teams)},
+    }
     # Straight on the sqlite3 connection: Django's cursor adds more per statement than the
     # statements cost, and would add it while holding the database's one write lock, which
     # every other claimer waits for.
@@ -314,12 +401,12 @@ def _claim_statement(*, actor: User, now: datetime, teams: list[int], run: Run |
 
 @cache
 def _sqlite_claim_sql(one_item: bool, one_run: bool, teams: int) -> str:
-    """The SQLite claim for a claimant of `teams` teams (qmark parameters: it runs on the
-    sqlite3 connection itself)."""
+    """The SQLite claim for a claimant of `teams` teams (sqlite3's named parameters: it runs
+    on the sqlite3 connection itself)."""
     return _SQLITE_CLAIM_SQL.format(
-        item_filter="AND ci.id = ?" if one_item else "",
-        run_filter="AND cr.id = ?" if one_run else "",
-        teams=", ".join(["?"] * teams), columns=_ITEM_COLUMNS,
+        item_filter="AND ci.id = :item" if one_item else "",
+        run_filter="AND cr.id = :run" if one_run else "",
+        teams=", ".join(f":team{index}" for index in range(teams)), columns=_ITEM_COLUMNS,
     )
 
 
@@ -425,11 +512,16 @@ def item_claim(*, item: Item, actor: User) -> Item:
 
 
 def _not_available_message(item_id: int, actor: User) -> str:
-    item = Item.objects.select_related("holder").filter(pk=item_id).first()
+    item = Item.objects.select_related("holder", "assignee", "assigned_team").filter(
+        pk=item_id).first()
     if item is None:
         return "That item no longer exists."
     if item.state == ItemState.CLAIMED and item.holder_id == actor.pk:
         return f"You already hold “{item.title}”."
+    if item.state == ItemState.AVAILABLE and item.assignee_id not in (None, actor.pk):
+        return f"“{item.title}” is pushed to {item.assignee.display_name}."
+    if item.state == ItemState.AVAILABLE and item.assigned_team_id is not None:
+        return f"“{item.title}” is pushed to team {item.assigned_team.name}."
     if item.state == ItemState.CLAIMED:
         return f"“{item.title}” is already held by {item.holder.display_name}."
     if item.state == ItemState.WAITING:
@@ -461,6 +553,9 @@ def _stale_token_message(item_id: int, token: int, actor: User) -> str:
         return "That item no longer exists."
     if not 0 < token <= item.token:
         return f"Token {token} was never issued for “{item.title}”: act with your claim's token."
+    revoked = _revocation_message(item, token)
+    if revoked:
+        return revoked
     last_end = (
         Checkpoint.objects.filter(
             item_id=item_id, token=token,
@@ -492,6 +587,40 @@ def _stale_token_message(item_id: int, token: int, actor: User) -> str:
     if item.state == ItemState.DONE:
         return why + f"“{item.title}” is already done."
     return why + f"“{item.title}” is now {item.get_state_display().lower()}."
+
+
+# What a manager's action that took a claim away says to its holder; by the checkpoint kind.
+_REVOKED_BY = {
+    CheckpointKind.REASSIGNED: "{actor} pushed {what} to {to}",
+    CheckpointKind.RESET: "{actor} restarted the run from step {from_position}",
+    CheckpointKind.SKIPPED: "{actor} skipped it",
+    CheckpointKind.RUN_CANCELLED: "{actor} cancelled the run",
+}
+
+
+def _revocation_message(item: Item, token: int) -> str:
+    """Who took the claim with this token away from its holder, and why; "" if no one did."""
+    taken = Checkpoint.objects.filter(
+        item_id=item.pk, data__revoked_token=token,
+        kind__in=[CheckpointKind.REASSIGNED, CheckpointKind.RESET, CheckpointKind.SKIPPED],
+    ).order_by("-id").first()
+    if taken is None:
+        cancelled = Checkpoint.objects.filter(
+            run_id=item.run_id, kind=CheckpointKind.RUN_CANCELLED
+        ).order_by("-id").first()
+        if cancelled is None or not any(
+            revoked.get("item") == item.pk and revoked.get("revoked_token") == token
+            for revoked in cancelled.data.get("revoked", [])
+        ):
+            return ""
+        taken = cancelled
+    data = taken.data
+    what = _REVOKED_BY[taken.kind].format(
+        actor=taken.actor_name, what="the run" if data.get("scope") == "run" else "it",
+        to=data.get("to", "someone else"), from_position=data.get("from_position"),
+    )
+    because = f": “{taken.reason}”" if taken.reason else ""
+    return f"Your claim on “{item.title}” was taken back: {what}{because}."
 
 
 @transaction.atomic
@@ -785,7 +914,7 @@ def item_skip(*, item_id: int, actor: User, reason: str) -> Item:
         raise InvalidInput("Say why this item is skipped: a reason is required.")
     now = timezone.now()
     _lock_run_of(item_id)
-    item = Item.objects.select_related("run").filter(pk=item_id).first()
+    item = Item.objects.select_related("run", "holder").filter(pk=item_id).first()
     if item is None:
         raise NotAvailable("That item no longer exists.")
     changed = Item.objects.filter(
@@ -801,10 +930,13 @@ def item_skip(*, item_id: int, actor: User, reason: str) -> Item:
     )
     if changed != 1:
         raise NotAvailable(f"“{item.title}” is already {item.get_state_display().lower()}.")
+    revoked = {"revoked_token": item.token, "revoked_from": item.holder.display_name} \
+        if item.state == ItemState.CLAIMED else {}
     item.refresh_from_db()
     checkpoint_append(
         run_id=item.run_id, kind=CheckpointKind.SKIPPED, actor=actor, item_id=item_id,
-        token=item.token, reason=reason, at=now, data={"unlocked": _unlock_dependents(item)},
+        token=item.token, reason=reason, at=now,
+        data={"unlocked": _unlock_dependents(item), **revoked},
     )
     _complete_run_if_finished(item.run, actor=actor, now=now)
     return item

@@ -185,6 +185,19 @@ TIMER_BUCKET_SECONDS = env_int("TIMER_BUCKET_SECONDS", 1, minimum=1)
 # is the floor so a client retrying the next morning still gets the first outcome.
 IDEMPOTENCY_KEY_RETENTION_HOURS = env_int("IDEMPOTENCY_KEY_RETENTION_HOURS", 48, minimum=24)
 
+# --- Email (a push notifies its assignee) ---------------------------------------------------
+# Console in development: the messages are printed by the web process. Production sets an
+# SMTP backend and its EMAIL_HOST/EMAIL_PORT/EMAIL_HOST_USER/EMAIL_HOST_PASSWORD.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "pullboard@localhost")
+# Where links in emails point: the address staff open Pullboard at.
+PULLBOARD_BASE_URL = env_str("PULLBOARD_BASE_URL", "http://localhost:8000").rstrip("/")
+
 # The longest a claim can be held: a run's lease cap (max_lease) is at most 30 days
 # (checklists/parsing.py, SETTING_MAXIMUMS).
 LONGEST_LEASE = timedelta(days=30)

@@ -262,7 +262,10 @@ def test_skip_revokes_a_live_claim_so_the_holders_complete_is_refused(
     with pytest.raises(ClaimLost) as refused:
         item_complete(item_id=held.pk, token=held.token, actor=staff)
 
-    assert refused.value.message == f"“{held.title}” is now skipped."
+    assert refused.value.message == (
+        f"Your claim on “{held.title}” was taken back: {manager.display_name} skipped it: "
+        "“done by hand”."
+    )
     # The token moved on, so the revoked claim's complete, abandon and extend are all stale.
     assert row(held.pk) == (ItemState.SKIPPED, None, 2, None, 0)
     assert before[1:] == [

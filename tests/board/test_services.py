@@ -103,7 +103,8 @@ def test_launch_copies_steps_into_items_with_prerequisites(make_runbook, make_ru
     launched = Checkpoint.objects.get(run=run)
     assert launched.data == {
         "runbook": runbook.slug, "version": runbook.version, "items": 4, "severity": 2,
-        "ref": "INC-1", "mode": "pull",
+        "ref": "INC-1", "mode": "pull", "scope": "", "nature": "", "recommended_mode": "pull",
+        "assignee": None, "assigned_team": None,
     }
 
 

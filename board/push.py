@@ -1,0 +1,377 @@
+"""Managers push (DESIGN: push and hybrid recovery): a whole run handed to a person or a
+team, a restart from a known safe step, one item assigned, a run cancelled.
+
+Each is one transaction that first locks the run's row (FOR NO KEY UPDATE, which claims, only
+inserting checkpoints that reference the run, never wait for) and then its open items, and
+decides from the items as they are in the database at that moment, never from what the
+manager's page showed: an item completed after the page was opened stays done. A live claim
+the action takes away is revoked by bumping its token, so its holder's next complete,
+abandon or extend is refused, and the refusal says who took it and why
+(board.services._stale_token_message reads the `revoked_token` of the checkpoint). Every
+item that changes gets its one checkpoint in the same transaction; the run-level
+`run_cancelled` checkpoint stands for the claims a cancel revokes.
+"""
+
+import logging
+from collections.abc import Callable, Iterable
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Case, F, PositiveBigIntegerField, When
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts import access
+from accounts.access import Capability, team_ids
+from accounts.models import Team, User
+from board.errors import InvalidInput, NotAvailable
+from board.models import (
+    FINISHED_STATES,
+    OPEN_STATES,
+    Checkpoint,
+    CheckpointKind,
+    Item,
+    ItemState,
+    Run,
+    RunState,
+)
+from board.services import _lock_run_of, checkpoint_append
+
+log = logging.getLogger(__name__)
+
+
+def _reason(reason: str, doing: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput(f"Say why you are {doing}: a reason is required.")
+    return reason
+
+
+def target_name(assignee: User | None, assigned_team: Team | None) -> str:
+    if assignee is not None:
+        return assignee.display_name
+    if assigned_team is not None:
+        return f"team {assigned_team.name}"
+    return "the shared pool"
+
+
+def assignment_check(*, team: Team, assignee: User | None, assigned_team: Team | None,
+                     actor: User | None) -> None:
+    """A run of `team` may be pushed to one of its staff, or to a team its manager manages
+    (the run's own team included); InvalidInput saying why not otherwise."""
+    if assignee is not None and assigned_team is not None:
+        raise InvalidInput("Push to one person or to one team, not both.")
+    if assignee is not None and (
+        not assignee.is_active or team.pk not in team_ids(assignee, Capability.WORK)
+    ):
+        raise InvalidInput(
+            f"{assignee.display_name} is not staff on {team.name}: push the run to someone "
+            "who works for its team."
+        )
+    if assigned_team is not None and actor is not None and assigned_team.pk != team.pk and \
+            assigned_team.pk not in team_ids(actor, Capability.MANAGE):
+        raise InvalidInput(
+            f"You do not manage {assigned_team.name}: push the run to its own team or to one "
+            "you manage."
+        )
+
+
+def _lock_run(run_id: int) -> Run:
+    run = (Run.objects.select_for_update(no_key=True, of=("self",)).select_related("team")
+           .filter(pk=run_id).first())
+    if run is None:
+        raise NotAvailable("That run no longer exists.")
+    return run
+
+
+def _require_active(run: Run, doing: str) -> None:
+    if run.state != RunState.ACTIVE:
+        raise NotAvailable(
+            f"“{run.title}” is {run.get_state_display().lower()}: it can no longer be {doing}."
+        )
+
+
+def _revocation(item: Item) -> dict:
+    """What a checkpoint records of the live claim an action takes away, if the item had one."""
+    if item.state != ItemState.CLAIMED:
+        return {}
+    return {"revoked_token": item.token, "revoked_from": item.holder.display_name}
+
+
+def _prerequisites(run: Run) -> dict[int, list[int]]:
+    Through = Item.prerequisites.through
+    found: dict[int, list[int]] = {}
+    for item_id, prerequisite_id in Through.objects.filter(from_item__run=run).values_list(
+        "from_item_id", "to_item_id"
+    ):
+        found.setdefault(item_id, []).append(prerequisite_id)
+    return found
+
+
+def _open_state(item_id: int, prerequisites: dict[int, list[int]],
+                state_of: Callable[[int], str]) -> str:
+    """Where an open, unclaimed item belongs by the flow: waiting until every prerequisite is
+    done or skipped."""
+    ready = all(state_of(pre) in FINISHED_STATES for pre in prerequisites.get(item_id, ()))
+    return ItemState.AVAILABLE if ready else ItemState.WAITING
+
+
+# --- Push a whole run -----------------------------------------------------------------------
+
+
+@transaction.atomic
+def run_reassign(*, run_id: int, actor: User, reason: str, assignee: User | None = None,
+                 assigned_team: Team | None = None) -> int:
+    """Push every open item of the run (available, waiting, claimed, stuck) to one person or
+    one team; with neither, back to the shared pool. Claims held by anyone but the target
+    are revoked (to the pool, attempts unchanged: it was not their failure); the target's own
+    claims stay. One `reassigned` checkpoint per item; returns how many."""
+    pushing = "returning this run to the pool" if not (assignee or assigned_team) else \
+        "pushing this run"
+    reason = _reason(reason, pushing)
+    run = _lock_run(run_id)
+    _require_active(run, "reassigned")
+    assignment_check(team=run.team, assignee=assignee, assigned_team=assigned_team,
+                     actor=actor)
+    items = list(
+        Item.objects.select_for_update(of=("self",)).select_related("holder")
+        .filter(run=run, state__in=OPEN_STATES).order_by("position")
+    )
+    if not items:
+        raise NotAvailable(f"Every item of “{run.title}” is finished: there is nothing to push.")
+    keeps = _keeps_claim(assignee, assigned_team)
+    revoked = [item for item in items if item.state == ItemState.CLAIMED and not keeps(item)]
+    Item.objects.filter(pk__in=[item.pk for item in items]).update(
+        assignee=assignee, assigned_team=assigned_team
+    )
+    _revoke_claims([item.pk for item in revoked])
+    run.assignee, run.assigned_team = assignee, assigned_team
+    run.save(update_fields=["assignee", "assigned_team"])
+    now = timezone.now()
+    target = {
+        "assignee": assignee.username if assignee else None,
+        "assigned_team": assigned_team.slug if assigned_team else None,
+        "to": target_name(assignee, assigned_team),
+    }
+    revoked_ids = {item.pk for item in revoked}
+    Checkpoint.objects.bulk_create(
+        _checkpoint(
+            run=run, item=item, kind=CheckpointKind.REASSIGNED, actor=actor, reason=reason,
+            at=now,
+            token=item.token + 1 if item.pk in revoked_ids else item.token or None,
+            data={
+                **target, "scope": "run", "state_before": item.state,
+                "state": ItemState.AVAILABLE if item.pk in revoked_ids else item.state,
+                **(_revocation(item) if item.pk in revoked_ids else {}),
+            },
+        )
+        for item in items
+    )
+    notify_assignment(run=run, actor=actor, reason=reason)
+    return len(items)
+
+
+def _keeps_claim(assignee: User | None, assigned_team: Team | None) -> Callable[[Item], bool]:
+    """Whether a live claim survives the push: it is the target's own."""
+    if assignee is not None:
+        return lambda item: item.holder_id == assignee.pk
+    if assigned_team is not None:
+        return lambda item: assigned_team.pk in team_ids(item.holder, Capability.WORK)
+    return lambda item: True  # back to the shared pool: whoever holds an item keeps it
+
+
+def _revoke_claims(item_ids: Iterable[int]) -> None:
+    """Take live claims away: back to the pool, the token bumped so the holder's token is
+    stale. (A claimed item's prerequisites are finished, so it is available.)"""
+    item_ids = list(item_ids)
+    if item_ids:
+        Item.objects.filter(pk__in=item_ids, state=ItemState.CLAIMED).update(
+            state=ItemState.AVAILABLE, holder=None, lease_expires_at=None, claimed_at=None,
+            token=F("token") + 1,
+        )
+
+
+def _checkpoint(*, run: Run, item: Item | None, kind: str, actor: User, reason: str, at,
+                token: int | None, data: dict) -> Checkpoint:
+    return Checkpoint(
+        run_id=run.pk, item_id=item.pk if item else None, kind=kind, at=at, actor=actor,
+        actor_name=actor.display_name, token=token, reason=reason, data=data,
+    )
+
+
+# --- Restart from a safe step ---------------------------------------------------------------
+
+
+@transaction.atomic
+def run_restart(*, run_id: int, from_position: int, actor: User, reason: str) -> int:
+    """Restart the run from step K: every item at position K or later that was done, is
+    claimed (the claim is revoked) or is stuck goes back to waiting or available by the
+    flow, with its attempts reset and the run's current assignment; items from K on that
+    were available but now wait for a reset prerequisite wait again. One `reset` checkpoint
+    per item that changed, all marked with the restart's time; the trail keeps everything
+    before. A completed run is active again. Returns how many items were reset."""
+    reason = _reason(reason, "restarting this run")
+    run = _lock_run(run_id)
+    if run.state == RunState.CANCELLED:
+        raise NotAvailable(f"“{run.title}” was cancelled: launch the runbook again instead.")
+    items = list(
+        Item.objects.select_for_update(of=("self",)).select_related("holder")
+        .filter(run=run).order_by("position")
+    )
+    last = items[-1].position if items else 0
+    if not 1 <= from_position <= last:
+        raise InvalidInput(f"Restart from a step between 1 and {last}.")
+    reset = {
+        item.pk for item in items
+        if item.position >= from_position
+        and item.state in (ItemState.DONE, ItemState.CLAIMED, ItemState.STUCK)
+    }
+    prerequisites = _prerequisites(run)
+    state = {item.pk: item.state for item in items}
+    for item_id in reset:
+        state[item_id] = ItemState.WAITING  # open; settled below, by position
+    for item in items:  # prerequisites come earlier in the runbook: settled first
+        if item.pk in reset or item.state in (ItemState.AVAILABLE, ItemState.WAITING):
+            state[item.pk] = _open_state(item.pk, prerequisites, state.__getitem__)
+    changed = [item for item in items if item.pk in reset or state[item.pk] != item.state]
+    if not changed:
+        raise NotAvailable(
+            f"Nothing to restart: no item from step {from_position} on is done, claimed, stuck "
+            "or past its prerequisites."
+        )
+    now = timezone.now()
+    for new_state in (ItemState.AVAILABLE, ItemState.WAITING):
+        ids = [item.pk for item in changed if state[item.pk] == new_state]
+        Item.objects.filter(pk__in=[i for i in ids if i not in reset]).update(state=new_state)
+        Item.objects.filter(pk__in=[i for i in ids if i in reset]).update(
+            state=new_state, holder=None, lease_expires_at=None, claimed_at=None,
+            finished_at=None, attempts=0, assignee=run.assignee,
+            assigned_team=run.assigned_team,
+            token=Case(When(state=ItemState.CLAIMED, then=F("token") + 1), default=F("token"),
+                       output_field=PositiveBigIntegerField()),
+        )
+    reopened = run.state == RunState.COMPLETED
+    if reopened:
+        run.state, run.completed_at = RunState.ACTIVE, None
+        run.save(update_fields=["state", "completed_at"])
+    marker = {"restart": now.isoformat(), "from_position": from_position}
+    Checkpoint.objects.bulk_create(
+        _checkpoint(
+            run=run, item=item, kind=CheckpointKind.RESET, actor=actor, reason=reason, at=now,
+            token=(item.token + 1 if item.state == ItemState.CLAIMED else item.token) or None,
+            data={**marker, "state_before": item.state, "state": state[item.pk],
+                  "attempts_before": item.attempts, **_revocation(item),
+                  **({"run_reopened": True} if reopened else {})},
+        )
+        for item in changed
+    )
+    return len(changed)
+
+
+# --- Cancel ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def run_cancel(*, run_id: int, actor: User, reason: str) -> Run:
+    """End a run that is no longer needed: its live claims are revoked, nothing can be
+    claimed from it any more, and one `run_cancelled` checkpoint lists the revoked claims."""
+    reason = _reason(reason, "cancelling this run")
+    run = _lock_run(run_id)
+    _require_active(run, "cancelled")
+    claimed = list(
+        Item.objects.select_for_update(of=("self",)).select_related("holder")
+        .filter(run=run, state=ItemState.CLAIMED).order_by("position")
+    )
+    _revoke_claims(item.pk for item in claimed)
+    now = timezone.now()
+    run.state, run.cancelled_at = RunState.CANCELLED, now
+    run.save(update_fields=["state", "cancelled_at"])
+    checkpoint_append(
+        run_id=run.pk, kind=CheckpointKind.RUN_CANCELLED, actor=actor, reason=reason, at=now,
+        data={"revoked": [
+            {"item": item.pk, "revoked_token": item.token, "token": item.token + 1,
+             "revoked_from": item.holder.display_name}
+            for item in claimed
+        ]},
+    )
+    return run
+
+
+# --- One item -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def item_assign(*, item_id: int, actor: User, assignee: User, reason: str = "") -> Item:
+    """Assign one open item to a person: from the stuck lane it goes back to the flow with
+    fresh attempts; a claim held by someone else is revoked. One `reassigned` checkpoint."""
+    _lock_run_of(item_id)
+    item = Item.objects.select_related("run", "run__team", "holder").filter(pk=item_id).first()
+    if item is None:
+        raise NotAvailable("That item no longer exists.")
+    _require_active(item.run, "changed")
+    if item.state in FINISHED_STATES:
+        raise NotAvailable(f"“{item.title}” is already {item.get_state_display().lower()}.")
+    assignment_check(team=item.run.team, assignee=assignee, assigned_team=None, actor=actor)
+    revoke = item.state == ItemState.CLAIMED and item.holder_id != assignee.pk
+    new_state = item.state
+    if item.state == ItemState.STUCK or revoke:
+        new_state = _open_state(item.pk, _prerequisites(item.run),
+                                lambda pk: Item.objects.values_list("state", flat=True).get(pk=pk))
+    changes: dict = {"assignee": assignee, "assigned_team": None, "state": new_state}
+    if item.state == ItemState.STUCK:
+        changes["attempts"] = 0
+    if revoke:
+        changes.update(holder=None, lease_expires_at=None, claimed_at=None,
+                       token=F("token") + 1)
+    if Item.objects.filter(pk=item.pk, state=item.state, token=item.token).update(**changes) != 1:
+        raise NotAvailable(f"“{item.title}” changed meanwhile: reload and try again.")
+    checkpoint_append(
+        run_id=item.run_id, kind=CheckpointKind.REASSIGNED, actor=actor, item_id=item.pk,
+        token=(item.token + 1 if revoke else item.token) or None, reason=(reason or "").strip(),
+        data={"assignee": assignee.username, "assigned_team": None,
+              "to": assignee.display_name, "scope": "item", "state_before": item.state,
+              "state": new_state, "attempts_before": item.attempts,
+              **(_revocation(item) if revoke else {})},
+    )
+    notify_assignment(run=item.run, actor=actor, reason=reason, item=item, assignee=assignee)
+    item.refresh_from_db()
+    return item
+
+
+# --- Notifications --------------------------------------------------------------------------
+
+
+def notify_assignment(*, run: Run, actor: User | None, reason: str, launched: bool = False,
+                      item: Item | None = None, assignee: User | None = None) -> None:
+    """Email the person (or the staff of the team) a run or item was pushed to, once the
+    push has committed. The board shows the push on its own; mail is the extra, so a mail
+    server that fails is logged, never the push undone."""
+    person = assignee or run.assignee
+    team = None if person else run.assigned_team
+    if person is None and team is None:
+        return
+    who = actor.display_name if actor else "The alerting system"
+    what = f"“{item.title}” of “{run.title}”" if item else f"“{run.title}”"
+    subject = f"[Pullboard] {what} {'was launched for' if launched else 'is pushed to'} " + (
+        "you" if person else f"team {team.name}")
+    link = settings.PULLBOARD_BASE_URL + reverse("board:board")
+    body = (
+        f"{who} {'launched' if launched else 'pushed'} {what} to "
+        f"{'you' if person else 'team ' + team.name}"
+        f"{': ' + reason.strip() if reason and reason.strip() else ''}.\n\n"
+        f"Its items come first when you press Claim next on the board:\n{link}\n"
+    )
+
+    def send() -> None:
+        recipients = [person] if person else access.team_members(team, Capability.WORK)
+        addresses = sorted({user.email for user in recipients if user.email and user.is_active})
+        if not addresses:
+            return
+        try:
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, addresses)
+        except Exception:  # noqa: BLE001 - the push is done; the board shows it anyway
+            log.warning("could not email the push of run %s to %s", run.pk, addresses,
+                        exc_info=True)
+
+    transaction.on_commit(send)

@@ -92,6 +92,18 @@ def _require_active(run: Run, doing: str) -> None:
         )
 
 
+def _locked_items(run: Run, **filters) -> list[Item]:
+    """The run's items matching `filters`, locked until commit, with their holders, by
+    position.
+
+    Locked first, then read: a row that was locked by a claim in flight is re-checked by
+    PostgreSQL in its new version once that claim commits, but the rows joined to it are
+    not, so a holder joined in the locking query could read as the old, empty one."""
+    locked = list(Item.objects.select_for_update(of=("self",)).filter(run=run, **filters)
+                  .values_list("pk", flat=True))
+    return list(Item.objects.select_related("holder").filter(pk__in=locked).order_by("position"))
+
+
 def _revocation(item: Item) -> dict:
     """What a checkpoint records of the live claim an action takes away, if the item had one."""
     if item.state != ItemState.CLAIMED:
@@ -134,10 +146,7 @@ def run_reassign(*, run_id: int, actor: User, reason: str, assignee: User | None
     _require_active(run, "reassigned")
     assignment_check(team=run.team, assignee=assignee, assigned_team=assigned_team,
                      actor=actor)
-    items = list(
-        Item.objects.select_for_update(of=("self",)).select_related("holder")
-        .filter(run=run, state__in=OPEN_STATES).order_by("position")
-    )
+    items = _locked_items(run, state__in=OPEN_STATES)
     if not items:
         raise NotAvailable(f"Every item of “{run.title}” is finished: there is nothing to push.")
     keeps = _keeps_claim(assignee, assigned_team)
@@ -215,10 +224,7 @@ def run_restart(*, run_id: int, from_position: int, actor: User, reason: str) ->
     run = _lock_run(run_id)
     if run.state == RunState.CANCELLED:
         raise NotAvailable(f"“{run.title}” was cancelled: launch the runbook again instead.")
-    items = list(
-        Item.objects.select_for_update(of=("self",)).select_related("holder")
-        .filter(run=run).order_by("position")
-    )
+    items = _locked_items(run)
     last = items[-1].position if items else 0
     if not 1 <= from_position <= last:
         raise InvalidInput(f"Restart from a step between 1 and {last}.")
@@ -279,10 +285,7 @@ def run_cancel(*, run_id: int, actor: User, reason: str) -> Run:
     reason = _reason(reason, "cancelling this run")
     run = _lock_run(run_id)
     _require_active(run, "cancelled")
-    claimed = list(
-        Item.objects.select_for_update(of=("self",)).select_related("holder")
-        .filter(run=run, state=ItemState.CLAIMED).order_by("position")
-    )
+    claimed = _locked_items(run, state=ItemState.CLAIMED)
     _revoke_claims(item.pk for item in claimed)
     now = timezone.now()
     run.state, run.cancelled_at = RunState.CANCELLED, now

@@ -513,3 +513,78 @@ def test_distinct_users_are_not_limited_by_each_others_claims(
 
     assert sorted(item.holder_id for item in results) == sorted(u.pk for u in racers)
     assert set(run.items.values_list("state", flat=True)) == {ItemState.CLAIMED}
+
+
+# --- Push against pull ----------------------------------------------------------------------
+
+
+def test_a_push_racing_sixteen_claimers_leaves_no_claim_outside_its_target(
+    make_runbook, make_run, claimers, manager, teammate
+):
+    from board.push import run_reassign
+
+    run = pool_run(make_runbook, make_run, 200, wip_limit=200)
+    pushed_once = threading.Event()
+
+    def claim_until_pushed(user: User) -> Callable[[threading.Barrier], list]:
+        def body(start: threading.Barrier) -> list[tuple[int, int]]:
+            start.wait()
+            taken = []
+            while True:
+                try:
+                    item = item_claim_next(actor=user, run=run)
+                except NothingToClaim:
+                    return taken
+                taken.append((item.pk, item.token))
+                if pushed_once.is_set() and len(taken) > 2 * POOL:
+                    return taken
+
+        return body
+
+    def push(start: threading.Barrier) -> int:
+        start.wait()
+        # A few claims in first, so there are live claims to revoke.
+        while not Item.objects.filter(run=run, state=ItemState.CLAIMED).count() >= 20:
+            pass
+        changed = run_reassign(run_id=run.pk, actor=manager, reason="Tia drives it",
+                               assignee=teammate)
+        pushed_once.set()
+        return changed
+
+    results = in_threads([push] + [claim_until_pushed(user) for user in claimers])
+
+    # Every claim made before the push was revoked by it; none was made after it.
+    assert not Item.objects.filter(run=run, state=ItemState.CLAIMED).exists()
+    assert set(run.items.values_list("assignee", flat=True)) == {teammate.pk}
+    claims = [claim for per_thread in results[1:] for claim in per_thread]
+    assert len(claims) >= 20
+    assert results[0] == 200  # every item was open, so every item was pushed
+    # Each item's token counts its claims and the one revocation of a live claim, and each
+    # claim and revocation has its one checkpoint.
+    for item_id, token in run.items.values_list("pk", "token"):
+        claimed = Checkpoint.objects.filter(item_id=item_id, kind=CheckpointKind.CLAIMED)
+        pushed = Checkpoint.objects.get(item_id=item_id, kind=CheckpointKind.REASSIGNED)
+        revoked = 1 if "revoked_token" in pushed.data else 0
+        assert token == claimed.count() + revoked
+        assert revoked == (1 if claimed.exists() else 0)
+    # The assignee now takes them, first.
+    assert item_claim_next(actor=teammate, run=run).assignee_id == teammate.pk
+
+
+def test_one_incident_launched_four_times_at_once_makes_one_run(make_runbook, manager):
+    from board.services import run_launch_once
+
+    runbook = make_runbook(PARALLEL, filename="parallel.md")
+
+    def launch(start: threading.Barrier) -> tuple[int, bool]:
+        start.wait()
+        run, launched = run_launch_once(runbook=runbook, title="INC-9 alert", ref="INC-9",
+                                        actor=manager)
+        return run.pk, launched
+
+    results = in_threads([launch] * 4)
+
+    assert Run.objects.count() == 1
+    assert {run_id for run_id, _ in results} == {Run.objects.get().pk}
+    assert sorted(launched for _, launched in results) == [False, False, False, True]
+    assert Checkpoint.objects.filter(kind=CheckpointKind.LAUNCHED).count() == 1

@@ -104,6 +104,22 @@ def test_launch_run_prints_only_the_id_of_a_run_of_the_latest_version(make_runbo
     ]
 
 
+def test_launch_run_follows_scope_and_nature_and_pushes_to_the_named_staff(
+    make_runbook, staff
+):
+    runbook = make_runbook()
+    run_id = int(run_command("launch_run", runbook.slug, "--title", "x", "--ref", "INC-8",
+                             "--scope", "total", "--nature", "persistent", "--assign", "sam"))
+
+    run = Run.objects.get(pk=run_id)
+    assert (run.mode, run.recommended_mode, run.assignee) == ("push", "push", staff)
+    assert set(run.items.values_list("assignee", flat=True)) == {staff.pk}
+    # The same incident again: the open run, not a second one.
+    assert int(run_command("launch_run", runbook.slug, "--title", "x", "--ref", "INC-8")) == \
+        run_id
+    assert Run.objects.count() == 1
+
+
 def test_launch_run_uses_the_named_team(make_runbook, other_team):
     runbook = make_runbook(owner=other_team)
 

@@ -1,5 +1,5 @@
-"""Random interleavings of every holder and manager action, with DESIGN invariants 1-7
-checked against the database after every step.
+"""Random interleavings of every holder and manager action (pushes and restarts among
+them), with DESIGN invariants 1-7 checked against the database after every step.
 
 A Hypothesis state machine drives the real services on a small run (six items, some with
 prerequisites, max_attempts 2, WIP limit 2) for three staff members and a manager, with a
@@ -41,6 +41,7 @@ from board.models import (
     ItemState,
     RunState,
 )
+from board.push import item_assign, run_reassign, run_restart
 from board.services import (
     item_abandon,
     item_claim,
@@ -121,7 +122,9 @@ class BoardMachine(RuleBasedStateMachine):
         self.tickets: list[tuple[int, int, int]] = []
         # Checkpoints the transitions made so far should have written (the launch: one).
         self.transitions = 1
+        self.completions = 0
         self.skips = 0
+        self.restarts = 0
 
     def teardown(self) -> None:
         self._traveller.stop()
@@ -132,7 +135,8 @@ class BoardMachine(RuleBasedStateMachine):
 
     def _snapshot(self) -> tuple:
         rows = tuple(self.run.items.order_by("pk").values_list(
-            "pk", "state", "holder_id", "token", "attempts", "lease_expires_at", "claimed_at"
+            "pk", "state", "holder_id", "token", "attempts", "lease_expires_at", "claimed_at",
+            "assignee_id",
         ))
         return rows, Checkpoint.objects.filter(run=self.run).count()
 
@@ -158,6 +162,7 @@ class BoardMachine(RuleBasedStateMachine):
         if run_was_active and self._run_state() == RunState.COMPLETED:
             for expected in choices:
                 expected.append(CheckpointKind.RUN_COMPLETED)
+            self.completions += 1
         assert written in choices, (written, choices)
         expected = written
         SEEN.update(f"wrote: {kind}" for kind in expected)
@@ -299,15 +304,39 @@ class BoardMachine(RuleBasedStateMachine):
         )
         self.skips += item is not None
 
+    # A manager pushes: the whole run to one staff member (or back to the pool), one item
+    # to one, or a restart from a step.
+    @rule(to=st.integers(min_value=-1, max_value=STAFF - 1))
+    def push_the_run(self, to: int) -> None:
+        assignee = self.staff[to] if to >= 0 else None
+        self._act(lambda: run_reassign(run_id=self.run.pk, actor=self.manager, reason="push",
+                                       assignee=assignee),
+                  lambda pushed: [CheckpointKind.REASSIGNED] * pushed)
+
+    @rule(position=POSITIONS, user=USERS)
+    def assign_one_item(self, position: int, user: int) -> None:
+        self._act(lambda: item_assign(item_id=self.item_ids[position], actor=self.manager,
+                                      assignee=self.staff[user]),
+                  lambda _: [CheckpointKind.REASSIGNED])
+
+    @precondition(lambda self: self.restarts < 2)
+    @rule(position=POSITIONS)
+    def restart_from(self, position: int) -> None:
+        reset = self._act(lambda: run_restart(run_id=self.run.pk, from_position=position,
+                                              actor=self.manager, reason="from a safe step"),
+                          lambda changed: [CheckpointKind.RESET] * changed)
+        self.restarts += reset is not None
+
     # --- Invariants, read from the database -----------------------------------------------
 
     @invariant()
     def board_and_trail_agree(self) -> None:
         items = {row["pk"]: row for row in self.run.items.values(
-            "pk", "state", "holder_id", "token", "attempts", "claimed_at", "lease_expires_at"
+            "pk", "state", "holder_id", "token", "attempts", "claimed_at", "lease_expires_at",
+            "assignee_id",
         )}
         trail = list(Checkpoint.objects.filter(run=self.run).order_by("id").values(
-            "kind", "item_id", "token", "actor_id"
+            "kind", "item_id", "token", "actor_id", "data"
         ))
         # 3. Exactly one checkpoint per state change: no more, no fewer than were made.
         assert len(trail) == self.transitions, (len(trail), self.transitions)
@@ -332,6 +361,10 @@ class BoardMachine(RuleBasedStateMachine):
             # (A skipped item keeps the attempts it had, used up if it was skipped from stuck.)
             if row["state"] != ItemState.SKIPPED:
                 assert (row["state"] == ItemState.STUCK) == (attempts >= MAX_ATTEMPTS)
+            # A pushed item is held by no one but its assignee: others' claims were revoked
+            # by the push, and no one else may claim it.
+            if row["state"] == ItemState.CLAIMED and row["assignee_id"] is not None:
+                assert row["holder_id"] == row["assignee_id"], row
             # A lease ends after the claim and never beyond the run's longest lease.
             if row["state"] == ItemState.CLAIMED:
                 assert row["claimed_at"] < row["lease_expires_at"]
@@ -353,11 +386,13 @@ class BoardMachine(RuleBasedStateMachine):
         held = Counter(row["holder_id"] for row in items.values() if row["holder_id"])
         assert all(count <= WIP for count in held.values()), held
 
-        # The run is completed exactly when every item is done or skipped, once.
+        # The run is completed exactly when every item is done or skipped, once each time
+        # (a restart reopens it).
         finished = all(row["state"] in FINISHED_STATES for row in items.values())
         assert (self._run_state() == RunState.COMPLETED) == finished
         completions = sum(c["kind"] == CheckpointKind.RUN_COMPLETED for c in trail)
-        assert completions == int(finished)
+        assert completions == self.completions
+        assert finished <= (completions > 0)
 
     def _replay(self, item_id: int, events: list[dict]) -> tuple[str, int | None, int, int]:
         """The item's (state, holder, token, attempts) according to its trail alone, checking
@@ -397,6 +432,27 @@ class BoardMachine(RuleBasedStateMachine):
                 # Skipping a live claim revokes it: the token moves past the holder's.
                 assert checkpoint["token"] == token + (state == ItemState.CLAIMED)
                 state, holder, token = ItemState.SKIPPED, None, checkpoint["token"]
+            elif kind == CheckpointKind.REASSIGNED:
+                assert state in (POOL, ItemState.CLAIMED, ItemState.STUCK), f"pushed {state}"
+                data = checkpoint["data"]
+                if "revoked_token" in data:
+                    # Someone else's claim: revoked, the token moved past the holder's.
+                    assert state == ItemState.CLAIMED and data["revoked_token"] == token
+                    state, holder, token = POOL, None, token + 1
+                elif data["scope"] == "item" and state == ItemState.STUCK:
+                    state, attempts = POOL, 0  # assigned out of the stuck lane
+                assert checkpoint["token"] == (token or None)
+            elif kind == CheckpointKind.RESET:
+                data = checkpoint["data"]
+                assert data["state_before"] == (POOL if state == POOL else state) or \
+                    state == POOL, (data, state)
+                if state == ItemState.CLAIMED:
+                    assert data["revoked_token"] == token
+                    token += 1
+                if state in (ItemState.DONE, ItemState.CLAIMED, ItemState.STUCK):
+                    attempts = 0
+                state, holder = POOL, None
+                assert checkpoint["token"] == (token or None)
             else:
                 raise AssertionError(f"unexpected {kind} on item {item_id}")
         return state, holder, token, attempts
@@ -416,4 +472,4 @@ def test_random_interleavings_keep_every_invariant():
     # Guard against a machine that silently explores nothing (rule subsets vary per example:
     # Hypothesis' swarm testing), so only what every run reaches is required here.
     assert {"wrote: claimed", "wrote: completed", "wrote: abandoned", "refused: ClaimLost",
-            "refused: NotAvailable"} <= set(SEEN), SEEN
+            "refused: NotAvailable", "wrote: reassigned", "wrote: reset"} <= set(SEEN), SEEN

@@ -282,8 +282,10 @@ def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
 #
 # SQLite runs one writer at a time (BEGIN IMMEDIATE), so it needs neither lock: one
 # conditional UPDATE ... RETURNING, then the checkpoint's INSERT. The item is the first item
-# pushed to the claimant (in person, then to one of their teams), else the first of the
-# shared pool, found run by run (a correlated subquery each, one step down item_pool).
+# pushed to the claimant (in person, then to one of their teams: two lookups, one down each
+# of item_assigned and item_team_assigned, as an OR would walk the run's every item; the
+# unary + keeps SQLite from walking the run's items for the run filter instead), else
+# the first of the shared pool, found run by run (one step down item_pool each).
 _SQLITE_CLAIM_SQL = """
     UPDATE board_item
     SET state = 'claimed', holder_id = :holder, token = token + 1, claimed_at = :now,
@@ -293,14 +295,18 @@ _SQLITE_CLAIM_SQL = """
             FROM board_run r WHERE r.id = board_item.run_id
         )
     WHERE id = COALESCE((
-        SELECT ci.id FROM board_item ci JOIN board_run cr ON cr.id = ci.run_id
-        WHERE ci.state = 'available' {item_filter}
-          AND (ci.assignee_id = :holder OR ci.assigned_team_id IN ({teams}))
-          AND cr.state = 'active' {run_filter}
+        SELECT p.id FROM (
+            SELECT id, +run_id AS run_id, position, 0 AS anyone FROM board_item
+            WHERE state = 'available' AND assignee_id = :holder {pushed_filter}
+            UNION ALL
+            SELECT id, +run_id, position, 1 FROM board_item
+            WHERE state = 'available' AND assigned_team_id IN ({teams}) {pushed_filter}
+        ) p JOIN board_run cr ON cr.id = p.run_id
+        WHERE cr.state = 'active' {run_filter}
           AND (cr.team_id IN ({teams}) OR cr.assigned_team_id IN ({teams}))
           AND (SELECT COUNT(*) FROM board_item h WHERE h.holder_id = :holder)
               < COALESCE(cr.wip_limit, :default_wip)
-        ORDER BY ci.assignee_id IS NULL, cr.severity, cr.launched_at, cr.id, ci.position
+        ORDER BY p.anyone, cr.severity, cr.launched_at, cr.id, p.position
         LIMIT 1
     ), (
         SELECT x.id FROM (
@@ -405,6 +411,7 @@ def _sqlite_claim_sql(one_item: bool, one_run: bool, teams: int) -> str:
     on the sqlite3 connection itself)."""
     return _SQLITE_CLAIM_SQL.format(
         item_filter="AND ci.id = :item" if one_item else "",
+        pushed_filter="AND id = :item" if one_item else "",
         run_filter="AND cr.id = :run" if one_run else "",
         teams=", ".join(f":team{index}" for index in range(teams)), columns=_ITEM_COLUMNS,
     )

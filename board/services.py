@@ -12,7 +12,7 @@ from functools import cache, partial
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
-from django.db.models import Case, F, PositiveBigIntegerField, Value, When
+from django.db.models import Case, F, PositiveBigIntegerField, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.duration import duration_microseconds
@@ -244,7 +244,7 @@ def _lock_run_of(item_id: int) -> None:
             )
 
 
-def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
+def _wip_refusal(*, actor: User, held: int, team_ids: list[int], run_id: int | None,
                  item_id: int | None) -> WipLimitReached | None:
     """When the pool had items for this user but every one sat in a run whose WIP limit the
     user has reached, say so instead of "nothing available".
@@ -254,7 +254,9 @@ def _wip_refusal(*, held: int, team_ids: list[int], run_id: int | None,
     if not held:
         return None
     pool = Item.objects.filter(
-        state=ItemState.AVAILABLE, run__state=RunState.ACTIVE, run__team_id__in=team_ids
+        Q(assignee__isnull=True, assigned_team__isnull=True, run__team_id__in=team_ids)
+        | Q(assignee=actor) | Q(assigned_team_id__in=team_ids),
+        state=ItemState.AVAILABLE, run__state=RunState.ACTIVE,
     ).alias(limit=Coalesce("run__wip_limit", Value(settings.WIP_LIMIT))).filter(limit__lte=held)
     if item_id is not None:
         pool = pool.filter(pk=item_id)
@@ -475,7 +477,7 @@ def _claim(*, actor: User, run: Run | None = None, run_id: int | None = None,
             if _release_lapsed_beyond_grace(now, teams=teams):
                 claimed = _claim_statement(actor=actor, now=now, teams=teams, **scope)
             if claimed is None:
-                refusal = _wip_refusal(held=_live_claims(actor), team_ids=teams,
+                refusal = _wip_refusal(actor=actor, held=_live_claims(actor), team_ids=teams,
                                        run_id=run_id, item_id=scope["item_id"])
                 if refusal is not None:
                     raise refusal

@@ -894,9 +894,13 @@ def item_extend(*, item_id: int, token: int, actor: User) -> Item:
 @transaction.atomic
 def item_requeue(*, item_id: int, actor: User, reason: str = "") -> Item:
     """A manager sends a stuck item back to the pool with a fresh set of attempts."""
+    _lock_run_of(item_id)
     item = Item.objects.select_related("run").filter(pk=item_id).first()
     if item is None:
         raise NotAvailable("That item no longer exists.")
+    if item.run.state != RunState.ACTIVE:
+        raise NotAvailable(f"“{item.run.title}” is {item.run.get_state_display().lower()}: "
+                           "its items can no longer be requeued.")
     state = (
         ItemState.WAITING
         if item.prerequisites.exclude(state__in=FINISHED_STATES).exists()

@@ -295,6 +295,7 @@ def test_run_shows_its_items_in_runbook_order(api_as, staff, teammate, make_run)
         "id": held.pk, "position": 1, "title": "Freeze writes", "section": "Prepare",
         "state": "claimed", "holder": "tia", "token": 1, "attempts": 0,
         "lease_expires_at": first["lease_expires_at"], "prerequisites": [],
+        "assignee": None, "assigned_team": None,
     }
     assert assert_iso_with_offset(first["lease_expires_at"]) == Item.objects.get(
         pk=held.pk).lease_expires_at
@@ -601,7 +602,10 @@ def test_the_openapi_schema_lists_the_endpoints(client):
         "/api/v1/claims/next", "/api/v1/items/{item_id}/claim",
         "/api/v1/items/{item_id}/complete", "/api/v1/items/{item_id}/abandon",
         "/api/v1/items/{item_id}/extend", "/api/v1/runs/{run_id}",
-        "/api/v1/runs/{run_id}/checkpoints",
+        "/api/v1/runs/{run_id}/checkpoints", "/api/v1/runs", "/api/v1/runs/{run_id}/reassign",
+        "/api/v1/runs/{run_id}/restart", "/api/v1/runs/{run_id}/cancel",
+        "/api/v1/items/{item_id}/requeue", "/api/v1/items/{item_id}/skip",
+        "/api/v1/items/{item_id}/assign", "/api/v1/hooks/alertmanager",
     }
     complete = schema["paths"]["/api/v1/items/{item_id}/complete"]["post"]
     header = next(p for p in complete["parameters"] if p["in"] == "header")

@@ -387,3 +387,17 @@ def test_cancel_without_a_reason_is_refused(make_run, manager):
     run.refresh_from_db()
     assert run.state == RunState.ACTIVE
     assert trail(run) == [(CheckpointKind.LAUNCHED, None, None, manager.display_name)]
+
+
+def test_requeue_in_a_cancelled_run_is_refused(make_runbook, make_run, staff, manager):
+    from board.services import item_requeue
+
+    run = make_run(runbook=make_runbook(ONE_STEP, filename="one.md"))
+    Run.objects.filter(pk=run.pk).update(max_attempts=1)
+    held = item_claim_next(actor=staff, run=run)
+    item_abandon(item_id=held.pk, token=held.token, actor=staff, reason="cannot")
+    run_cancel(run_id=run.pk, actor=manager, reason="false alarm")
+
+    with pytest.raises(NotAvailable, match="is cancelled: its items can no longer be requeued"):
+        item_requeue(item_id=held.pk, actor=manager)
+    assert items(run)[1].state == ItemState.STUCK

@@ -898,7 +898,7 @@ def item_requeue(*, item_id: int, actor: User, reason: str = "") -> Item:
     item = Item.objects.select_related("run").filter(pk=item_id).first()
     if item is None:
         raise NotAvailable("That item no longer exists.")
-    if item.run.state != RunState.ACTIVE:
+    if item.state == ItemState.STUCK and item.run.state != RunState.ACTIVE:
         raise NotAvailable(f"“{item.run.title}” is {item.run.get_state_display().lower()}: "
                            "its items can no longer be requeued.")
     state = (

@@ -101,3 +101,117 @@ def test_a_refused_action_shows_its_message(browser_page, live_server, staff):
     expect(page.locator("#flash .flash-error")).to_have_text(
         "Nothing is available to claim right now."
     )
+
+
+CACHE_RUNBOOK = (
+    "---\nflow: parallel\n---\n# Cache warm-up\n\n- Warm the edge cache\n- Warm the API cache\n"
+)
+
+
+@pytest.fixture
+def other_user_page(browser, live_server):
+    """A page in a browser context of its own (its own cookies: another user), failing the
+    test on any JavaScript error; every context opened is closed at the end."""
+    contexts, errors = [], []
+
+    def open_as(username: str):
+        context = browser.new_context()
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.set_default_timeout(10_000)
+        log_in(page, live_server, username)
+        return page
+
+    yield open_as
+    for context in contexts:
+        context.close()
+    assert errors == []
+
+
+def test_manager_launches_with_a_recommendation_and_pushes_the_run_over_a_held_claim(
+    browser_page, other_user_page, live_server, manager, staff, teammate, make_runbook,
+    make_run, tmp_path
+):
+    from playwright.sync_api import expect
+
+    from board.models import CheckpointKind, Item, ItemState, Run
+    from board.services import item_claim_next
+
+    runbook = make_runbook()
+    # A more urgent run in the shared pool: tia's Claim next must still take the pushed run's.
+    urgent = make_run(runbook=make_runbook(CACHE_RUNBOOK, filename="cache.md"),
+                      title="INC-50 cache cold", severity=1)
+
+    # Maya launches from the form; the recommendation follows her answers.
+    page = browser_page
+    log_in(page, live_server, manager.username)
+    page.get_by_role("link", name="Launch").click()
+    page.wait_for_url(f"{live_server.url}/runs/new/")
+    recommendation = page.locator("#recommendation")
+    expect(recommendation).to_contain_text("Pull is the default")
+    page.get_by_label("Runbook").select_option(str(runbook.pk))
+    page.get_by_label("Title").fill("INC-77 primary database down")
+    page.get_by_label("Severity").select_option("4")
+    page.get_by_label("Incident reference").fill("INC-77")
+    page.get_by_label("Total (everything is down)").check()
+    expect(recommendation).to_contain_text("Answer both questions")
+    page.get_by_label("Persistent (it stays until fixed)").check()
+    expect(recommendation).to_contain_text("Recommended: Push")
+    expect(recommendation).to_contain_text("A persistent, total failure")
+    page.get_by_label("Transient (it may pass)").check()
+    expect(recommendation).to_contain_text("Recommended: Hybrid")
+    expect(recommendation).to_contain_text("A mixed failure")
+    page.get_by_label("Partial (one part is down)").check()
+    expect(recommendation).to_contain_text("Recommended: Pull")
+    expect(recommendation).to_contain_text("A transient, partial failure")
+    page.get_by_label("Total (everything is down)").check()
+    page.get_by_label("Persistent (it stays until fixed)").check()
+    expect(recommendation).to_contain_text("Recommended: Push")
+    page.get_by_role("button", name="Launch").click()
+
+    run = Run.objects.get(ref="INC-77")
+    page.wait_for_url(f"{live_server.url}/runs/{run.pk}/")
+    expect(page.locator("#flash")).to_contain_text("Launched “INC-77 primary database down”")
+    assert (run.scope, run.nature, run.recommended_mode, run.mode) == (
+        "total", "persistent", "push", "push")
+
+    # Sam holds a claim on it, his board open, when Maya pushes the run to Tia.
+    held = item_claim_next(actor=staff, run=run)
+    sam = other_user_page(staff.username)
+    expect(sam.locator("#my-work")).to_contain_text(held.title)
+
+    page.get_by_label("Push to").select_option(f"user:{teammate.username}")
+    page.locator("#reassign_reason").fill("sam is off shift")
+    page.get_by_role("button", name="Push", exact=True).click()
+    expect(page.locator("#flash")).to_contain_text(
+        "Pushed “INC-77 primary database down” to tia: 4 items reassigned.")
+    expect(page.locator(".run-summary")).to_contain_text("Pushed to tia")
+    kinds = page.locator("table.timeline .kind").all_inner_texts()
+    assert kinds == ["launched", "claimed"] + ["reassigned"] * 4
+    expect(page.locator("table.timeline")).to_contain_text("sam is off shift")
+    assert page.url == f"{live_server.url}/runs/{run.pk}/"  # an htmx swap, not a reload
+    page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+
+    # Sam's Complete, from the page he opened before the push, is refused with the reason.
+    sam.locator("#my-work").get_by_role("button", name="Complete").click()
+    expect(sam.locator("#flash .flash-error")).to_have_text(
+        f"Your claim on “{held.title}” was taken back: maya pushed the run to tia: "
+        "“sam is off shift”."
+    )
+    expect(sam.locator("#my-work")).to_contain_text("You hold no claims")
+    held.refresh_from_db()
+    assert held.state == ItemState.AVAILABLE
+
+    # Tia is told on her board, and her Claim next gets the pushed run's items first.
+    tia = other_user_page(teammate.username)
+    notice = tia.locator("#pushed-to-me")
+    expect(notice).to_contain_text("maya pushed INC-77 primary database down to you")
+    expect(notice).to_contain_text("“sam is off shift”")
+    tia.get_by_role("button", name="Claim next").click()
+    expect(tia.locator("#flash")).to_contain_text(f"You claimed #1 “{held.title}”")
+    expect(tia.locator("#my-work")).to_contain_text("INC-77 primary database down")
+    claimed = Item.objects.get(holder=teammate)
+    assert (claimed.run_id, claimed.position) == (run.pk, 1)
+    assert not urgent.items.filter(state=ItemState.CLAIMED).exists()
+    assert run.checkpoints.filter(kind=CheckpointKind.REASSIGNED).count() == 4

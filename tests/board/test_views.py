@@ -458,6 +458,7 @@ def test_launch_form_creates_a_run(as_user, manager, make_runbook):
 
     response = as_user(manager).post(reverse("board:launch"), form(
         runbook=runbook.pk, title="INC-9 replica lag", severity="1", ref="INC-9",
+        scope="partial", nature="transient",
     ))
 
     run = Run.objects.get()
@@ -539,7 +540,8 @@ def test_runbook_html_is_escaped_on_the_board(as_user, staff, make_run, make_run
 def test_launch_form_sent_twice_launches_one_run(as_user, manager, make_runbook):
     runbook = make_runbook()
     client = as_user(manager)
-    sent = form(runbook=runbook.pk, title="INC-9 replica lag", severity="1", ref="INC-9")
+    sent = form(runbook=runbook.pk, title="INC-9 replica lag", severity="1", ref="INC-9",
+                scope="partial", nature="transient")
 
     first = client.post(reverse("board:launch"), sent)
     again = client.post(reverse("board:launch"), sent)

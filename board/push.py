@@ -6,8 +6,8 @@ inserting checkpoints that reference the run, never wait for) and then its open 
 decides from the items as they are in the database at that moment, never from what the
 manager's page showed: an item completed after the page was opened stays done. A live claim
 the action takes away is revoked by bumping its token, so its holder's next complete,
-abandon or extend is refused, and the refusal says who took it and why
-(board.services._stale_token_message reads the `revoked_token` of the checkpoint). Every
+abandon or extend is refused, and the refusal says who took it and why (the holder's
+stale-token message reads the `revoked_token` of the checkpoint). Every
 item that changes gets its one checkpoint in the same transaction; the run-level
 `run_cancelled` checkpoint stands for the claims a cancel revokes.
 """
@@ -36,7 +36,8 @@ from board.models import (
     Run,
     RunState,
 )
-from board.services import _lock_run_of, checkpoint_append
+from board.services.checkpoints import checkpoint_append
+from board.services.claims import lock_run_of
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def run_cancel(*, run_id: int, actor: User, reason: str) -> Run:
 def item_assign(*, item_id: int, actor: User, assignee: User, reason: str = "") -> Item:
     """Assign one open item to a person: from the stuck lane it goes back to the flow with
     fresh attempts; a claim held by someone else is revoked. One `reassigned` checkpoint."""
-    _lock_run_of(item_id)
+    lock_run_of(item_id)
     item = Item.objects.select_related("run", "run__team", "holder").filter(pk=item_id).first()
     if item is None:
         raise NotAvailable("That item no longer exists.")

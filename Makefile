@@ -25,7 +25,7 @@ run: install
 	$(BIN)/python manage.py load_demo
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	@echo "Pullboard: http://127.0.0.1:$${WEB_PORT:-8000} (Ctrl-C stops web, worker and beat)"
-	$(BIN)/honcho start -f Procfile
+	PULLBOARD_BASE_URL=$${PULLBOARD_BASE_URL:-http://127.0.0.1:$${WEB_PORT:-8000}} $(BIN)/honcho start -f Procfile
 
 test: install test-sqlite test-postgres
 

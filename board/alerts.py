@@ -42,6 +42,7 @@ from board.models import (
     Severity,
 )
 from board.services import checkpoint_append, run_launch_once
+from board.services.launch import launch_key
 from checklists.forms import latest_versions
 from checklists.models import Runbook
 
@@ -235,6 +236,7 @@ def _dispatch_one(*, alert: AlertIn, payload: AlertmanagerWebhook,
     if alert.status == "resolved":
         return _resolved(alert=alert, payload=payload, actor=actor, runbook=runbook, key=key,
                          ref=ref)
+    _unless_cancelled_since(alert=alert, runbook=runbook, ref=ref)
     facts, notes = _failure_facts(alert.labels)
     try:
         run, launched = run_launch_once(
@@ -244,6 +246,21 @@ def _dispatch_one(*, alert: AlertIn, payload: AlertmanagerWebhook,
     except BoardError as error:
         raise _Ignored(error.message) from None
     return ("launched" if launched else "found"), {"run": run.pk, "notes": notes}
+
+
+def _unless_cancelled_since(*, alert: AlertIn, runbook: Runbook, ref: str) -> None:
+    """A manager who cancelled an alert's run meant it: Alertmanager's repeats of the same
+    firing (the same startsAt) do not launch it again; the alert firing anew, after it
+    resolved, does."""
+    if alert.starts_at is None:
+        return
+    cancelled = Run.objects.filter(
+        launch_key=launch_key(runbook, ref), state=RunState.CANCELLED,
+        cancelled_at__gte=alert.starts_at,
+    ).order_by("-cancelled_at").first()
+    if cancelled is not None:
+        raise _Ignored(f"Its run {cancelled.pk} was cancelled after the alert started firing: "
+                       "it launches again only when the alert fires anew.")
 
 
 def _failure_facts(labels: dict[str, str]) -> tuple[dict[str, str], list[str]]:

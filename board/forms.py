@@ -4,7 +4,7 @@ from django import forms
 from django.db.models import QuerySet
 
 from accounts.models import Team, User
-from board.models import FailureNature, FailureScope, Item, RunMode, Severity
+from board.models import FailureNature, FailureScope, Item, ItemState, RunMode, Severity
 from checklists.models import Runbook
 
 
@@ -28,7 +28,17 @@ class ReasonForm(forms.Form):
     )
 
 
-class SkipForm(ReasonForm):
+class StuckLaneForm(forms.Form):
+    """A stuck-lane form says the item was stuck when the page showed it: the action is then
+    refused if someone requeued it meanwhile, rather than taking back a new claim."""
+
+    expected_state = forms.ChoiceField(
+        choices=[("", "any"), (ItemState.STUCK, "stuck")], required=False,
+        widget=forms.HiddenInput,
+    )
+
+
+class SkipForm(ReasonForm, StuckLaneForm):
     pass
 
 
@@ -103,7 +113,7 @@ class RestartForm(ReasonForm):
         ]
 
 
-class AssignForm(forms.Form):
+class AssignForm(StuckLaneForm):
     """Stuck lane: hand one item to a person of the run's team."""
 
     assignee = forms.ChoiceField(choices=())

@@ -63,9 +63,10 @@ def assignment_check(*, team: Team, assignee: User | None, assigned_team: Team |
     (the run's own team included); InvalidInput saying why not otherwise."""
     if assignee is not None and assigned_team is not None:
         raise InvalidInput("Push to one person or to one team, not both.")
-    if assignee is not None and (
-        not assignee.is_active or team.pk not in team_ids(assignee, Capability.WORK)
-    ):
+    if assignee is not None and not assignee.is_active:
+        raise InvalidInput(f"{assignee.display_name}'s account is deactivated: push the run to "
+                           "someone who can sign in.")
+    if assignee is not None and team.pk not in team_ids(assignee, Capability.WORK):
         raise InvalidInput(
             f"{assignee.display_name} is not staff on {team.name}: push the run to someone "
             "who works for its team."
@@ -139,7 +140,8 @@ def run_reassign(*, run_id: int, actor: User, reason: str, assignee: User | None
     """Push every open item of the run (available, waiting, claimed, stuck) to one person or
     one team; with neither, back to the shared pool. Claims held by anyone but the target
     are revoked (to the pool, attempts unchanged: it was not their failure); the target's own
-    claims stay. One `reassigned` checkpoint per item; returns how many."""
+    claims stay. One `reassigned` checkpoint per item; returns how many (0, writing nothing,
+    when the run is already with that target)."""
     pushing = "returning this run to the pool" if not (assignee or assigned_team) else \
         "pushing this run"
     reason = _reason(reason, pushing)
@@ -150,8 +152,12 @@ def run_reassign(*, run_id: int, actor: User, reason: str, assignee: User | None
     items = _locked_items(run, state__in=OPEN_STATES)
     if not items:
         raise NotAvailable(f"Every item of “{run.title}” is finished: there is nothing to push.")
-    keeps = _keeps_claim(assignee, assigned_team)
+    keeps = _keeps_claim(run, assignee, assigned_team)
     revoked = [item for item in items if item.state == ItemState.CLAIMED and not keeps(item)]
+    if not revoked and (run.assignee_id, run.assigned_team_id) == _ids(assignee, assigned_team) \
+            and all((item.assignee_id, item.assigned_team_id) == _ids(assignee, assigned_team)
+                    for item in items):
+        return 0  # already so: nothing to write, no one to tell
     Item.objects.filter(pk__in=[item.pk for item in items]).update(
         assignee=assignee, assigned_team=assigned_team
     )
@@ -182,13 +188,19 @@ def run_reassign(*, run_id: int, actor: User, reason: str, assignee: User | None
     return len(items)
 
 
-def _keeps_claim(assignee: User | None, assigned_team: Team | None) -> Callable[[Item], bool]:
-    """Whether a live claim survives the push: it is the target's own."""
+def _ids(assignee: User | None, assigned_team: Team | None) -> tuple[int | None, int | None]:
+    return (assignee.pk if assignee else None, assigned_team.pk if assigned_team else None)
+
+
+def _keeps_claim(run: Run, assignee: User | None,
+                 assigned_team: Team | None) -> Callable[[Item], bool]:
+    """Whether a live claim survives the push: its holder may work on the item afterwards
+    (the target; back in the shared pool, anyone working for the run's team, but not the
+    members of a team the run was pushed to, who no longer even see it)."""
     if assignee is not None:
         return lambda item: item.holder_id == assignee.pk
-    if assigned_team is not None:
-        return lambda item: assigned_team.pk in team_ids(item.holder, Capability.WORK)
-    return lambda item: True  # back to the shared pool: whoever holds an item keeps it
+    team = assigned_team or run.team
+    return lambda item: team.pk in team_ids(item.holder, Capability.WORK)
 
 
 def _revoke_claims(item_ids: Iterable[int]) -> None:
@@ -306,9 +318,11 @@ def run_cancel(*, run_id: int, actor: User, reason: str) -> Run:
 
 
 @transaction.atomic
-def item_assign(*, item_id: int, actor: User, assignee: User, reason: str = "") -> Item:
+def item_assign(*, item_id: int, actor: User, assignee: User, reason: str = "",
+                expected_state: str = "") -> Item:
     """Assign one open item to a person: from the stuck lane it goes back to the flow with
-    fresh attempts; a claim held by someone else is revoked. One `reassigned` checkpoint."""
+    fresh attempts; a claim held by someone else is revoked. One `reassigned` checkpoint.
+    `expected_state`: only if the item is still in it (a form from the stuck lane)."""
     lock_run_of(item_id)
     item = Item.objects.select_related("run", "run__team", "holder").filter(pk=item_id).first()
     if item is None:
@@ -316,6 +330,10 @@ def item_assign(*, item_id: int, actor: User, assignee: User, reason: str = "") 
     _require_active(item.run, "changed")
     if item.state in FINISHED_STATES:
         raise NotAvailable(f"“{item.title}” is already {item.get_state_display().lower()}.")
+    if expected_state and item.state != expected_state:
+        raise NotAvailable(f"“{item.title}” is {item.get_state_display().lower()} now, no "
+                           f"longer {ItemState(expected_state).label.lower()}: reload and "
+                           "look again.")
     assignment_check(team=item.run.team, assignee=assignee, assigned_team=None, actor=actor)
     revoke = item.state == ItemState.CLAIMED and item.holder_id != assignee.pk
     new_state = item.state
@@ -357,15 +375,14 @@ def notify_assignment(*, run: Run, actor: User | None, reason: str, launched: bo
         return
     who = actor.display_name if actor else "The alerting system"
     what = f"“{item.title}” of “{run.title}”" if item else f"“{run.title}”"
-    subject = f"[Pullboard] {what} {'was launched for' if launched else 'is pushed to'} " + (
-        "you" if person else f"team {team.name}")
+    to = "you" if person else f"team {team.name}"
+    subject = f"[Pullboard] {what} {'was launched for' if launched else 'is pushed to'} {to}"
     link = settings.PULLBOARD_BASE_URL + reverse("board:board")
-    body = (
-        f"{who} {'launched' if launched else 'pushed'} {what} to "
-        f"{'you' if person else 'team ' + team.name}"
-        f"{': ' + reason.strip() if reason and reason.strip() else ''}.\n\n"
-        f"Its items come first when you press Claim next on the board:\n{link}\n"
-    )
+    done = f"{who} launched {what} and pushed it to {to}" if launched else \
+        f"{who} pushed {what} to {to}"
+    because = f": {reason.strip()}" if reason and reason.strip() else ""
+    body = (f"{done}{because}.\n\n"
+            f"Its items come first when you press Claim next on the board:\n{link}\n")
 
     def send() -> None:
         recipients = [person] if person else access.team_members(team, Capability.WORK)

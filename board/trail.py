@@ -19,6 +19,7 @@ from board.models import Checkpoint, Run
 
 COLUMNS = (
     "run", "seq", "time", "kind", "item_position", "item_title", "actor", "token", "reason",
+    "data",
 )
 FORMATS = ("csv", "jsonl")
 # Large enough to keep round trips few on a trail of millions of rows, small enough that a
@@ -31,13 +32,14 @@ def trail_rows(run: Run) -> Iterator[dict[str, Any]]:
 
     `item_position` and `token` are None when the checkpoint has none (run-level events,
     events without a claim); `item_title` is then the empty string. CSV writes None as an
-    empty cell; JSON Lines keeps it as null so the numbers stay numbers.
+    empty cell; JSON Lines keeps it as null so the numbers stay numbers. `data` is an object
+    in JSON Lines and that object as JSON text in CSV.
     """
     checkpoints = (
         Checkpoint.objects.filter(run_id=run.pk)
         .select_related("item")
         .only(
-            "id", "run_id", "at", "kind", "actor_name", "token", "reason",
+            "id", "run_id", "at", "kind", "actor_name", "token", "reason", "data",
             "item__position", "item__title",
         )
         .order_by("id")
@@ -55,6 +57,9 @@ def trail_rows(run: Run) -> Iterator[dict[str, Any]]:
             "actor": checkpoint.actor_name,
             "token": checkpoint.token,
             "reason": checkpoint.reason,
+            # What the event recorded besides: a push's target and the claims it revoked, a
+            # restart's step, a launch's facts and mode, the items a completion unlocked.
+            "data": checkpoint.data,
         }
 
 
@@ -69,6 +74,7 @@ def trail_export(*, run: Run, fmt: str, out: TextIO) -> None:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
+            row["data"] = json.dumps(row["data"], ensure_ascii=False, sort_keys=True)
             writer.writerow({column: _spreadsheet_safe(value) for column, value in row.items()})
     else:
         for row in rows:

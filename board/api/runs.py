@@ -77,12 +77,12 @@ def run_checkpoints(request: HttpRequest, run_id: int):
     rows = (
         Checkpoint.objects.filter(run_id=run.pk)
         .order_by("id")
-        .values_list("at", "kind", "item_id", "actor_name", "token", "reason")
+        .values_list("at", "kind", "item_id", "actor_name", "token", "reason", "data")
     )
     return [
         CheckpointOut(seq=seq, at=at, kind=kind, item=item_id, actor=actor, token=token,
-                      reason=reason)
-        for seq, (at, kind, item_id, actor, token, reason) in enumerate(rows, start=1)
+                      reason=reason, data=data)
+        for seq, (at, kind, item_id, actor, token, reason, data) in enumerate(rows, start=1)
     ]
 
 
@@ -143,10 +143,14 @@ def hooks_alertmanager(request: HttpRequest, payload: AlertmanagerWebhook):
 # --- Managers push: reassign, restart, cancel; requeue, skip, assign -------------------------
 
 
-def _user_named(username: str) -> User:
-    user = User.objects.filter(username=username).first()
+def _staff_named(username: str, run: Run) -> User:
+    """The staff member of the run's team with this username. Whether the name belongs to
+    someone else, or to no one, is not told apart: a manager learns no other team's people."""
+    user = next((member for member in access.team_members(run.team, Capability.WORK)
+                 if member.username == username), None)
     if user is None:
-        raise InvalidInput(f"There is no user “{username}”.")
+        raise InvalidInput(f"“{username}” is not staff on {run.team.name}: push to someone "
+                           "who works for the run's team.")
     return user
 
 
@@ -159,7 +163,7 @@ def _push_target(actor: User, run: Run, payload: ReassignIn) -> tuple[User | Non
             "slug) or “unassign”: true (back to the shared pool)."
         )
     if payload.user is not None:
-        return _user_named(payload.user), None
+        return _staff_named(payload.user, run), None
     if payload.team is not None:
         # Only teams the manager belongs to (and the run's own) are named, not every team.
         team = Team.objects.filter(
@@ -233,7 +237,7 @@ def item_skip(request: HttpRequest, item_id: int, payload: SkipIn,
 def item_assign(request: HttpRequest, item_id: int, payload: AssignIn,
                 idempotency_key: str = IdempotencyKeyHeader):
     item = access.get_item(request.auth, item_id, Capability.MANAGE)
-    assignee = _user_named(payload.user)
+    assignee = _staff_named(payload.user, item.run)
     return answer_once(request, idempotency_key, lambda: Outcome(200, item_body(
         push.item_assign(item_id=item.pk, actor=request.auth, assignee=assignee,
                          reason=payload.reason).pk

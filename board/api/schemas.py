@@ -220,6 +220,10 @@ class CheckpointOut(Schema):
     actor: str
     token: int | None
     reason: str
+    data: dict[str, Any] = Field(
+        description="what the event recorded besides: a push's target and revoked claims, a "
+                    "restart's step, a launch's facts and mode"
+    )
 
 
 ERRORS: dict[int, Any] = {401: Error, 403: Error, 404: Error, 409: Error, 422: Error}

@@ -330,10 +330,13 @@ def item_claim(*, item: Item, actor: User) -> Item:
 
 
 def _not_available_message(item_id: int, actor: User) -> str:
-    item = Item.objects.select_related("holder", "assignee", "assigned_team").filter(
+    item = Item.objects.select_related("run", "holder", "assignee", "assigned_team").filter(
         pk=item_id).first()
     if item is None:
         return "That item no longer exists."
+    if item.run.state != RunState.ACTIVE:
+        return (f"“{item.run.title}” is {item.run.get_state_display().lower()}: its items can "
+                "no longer be claimed.")
     if item.state == ItemState.CLAIMED and item.holder_id == actor.pk:
         return f"You already hold “{item.title}”."
     if item.state == ItemState.AVAILABLE and item.assignee_id not in (None, actor.pk):

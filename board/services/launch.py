@@ -39,8 +39,9 @@ def recommend_mode(scope: str, nature: str) -> tuple[str, str]:
                             "its members pull the items within it.")
 
 
-def _launch_key(runbook: Runbook, ref: str) -> str:
-    return f"{runbook.team_id}:{runbook.slug}:{ref}" if ref else ""
+def launch_key(runbook: Runbook, ref: str) -> str:
+    # Case-folded: INC-900 and inc-900 are one incident.
+    return f"{runbook.team_id}:{runbook.slug}:{ref.casefold()}" if ref else ""
 
 
 def run_launch(**kwargs) -> Run:
@@ -80,7 +81,7 @@ def run_launch_once(
         raise InvalidInput(f"Mode must be one of {', '.join(RunMode.values)}.")
     recommended, _reason = recommend_mode(scope, nature)
     team = team or runbook.team
-    key = _launch_key(runbook, ref)
+    key = launch_key(runbook, ref)
     with transaction.atomic():
         if key:
             existing = Run.objects.filter(launch_key=key, state=RunState.ACTIVE).first()

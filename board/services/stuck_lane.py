@@ -48,8 +48,9 @@ def item_requeue(*, item_id: int, actor: User, reason: str = "") -> Item:
 
 
 @transaction.atomic
-def item_skip(*, item_id: int, actor: User, reason: str) -> Item:
-    """A manager decides an open item is not needed; items waiting on it may now start."""
+def item_skip(*, item_id: int, actor: User, reason: str, expected_state: str = "") -> Item:
+    """A manager decides an open item is not needed; items waiting on it may now start.
+    `expected_state`: only if the item is still in it (a form from the stuck lane)."""
     reason = reason.strip()
     if not reason:
         raise InvalidInput("Say why this item is skipped: a reason is required.")
@@ -58,6 +59,13 @@ def item_skip(*, item_id: int, actor: User, reason: str) -> Item:
     item = Item.objects.select_related("run", "holder").filter(pk=item_id).first()
     if item is None:
         raise NotAvailable("That item no longer exists.")
+    if item.run.state != RunState.ACTIVE and item.state not in FINISHED_STATES:
+        raise NotAvailable(f"“{item.run.title}” is {item.run.get_state_display().lower()}: "
+                           "its items can no longer be skipped.")
+    if expected_state and item.state != expected_state:
+        raise NotAvailable(f"“{item.title}” is {item.get_state_display().lower()} now, no "
+                           f"longer {ItemState(expected_state).label.lower()}: reload and "
+                           "look again.")
     changed = Item.objects.filter(
         pk=item_id, state__in=[ItemState.WAITING, ItemState.AVAILABLE, ItemState.STUCK,
                                ItemState.CLAIMED],

@@ -212,7 +212,8 @@ def push_notices(user, cards: list[RunCard], work_team_ids: set[int]) -> list[Pu
     notices = [notice(run, None, pushed_run.get(run.pk) or launched.get(run.pk), run)
                for run in runs]
     notices += [notice(run, item, pushed_item.get(item.pk), item) for run, item in items]
-    return notices
+    # The newest first: what was just pushed is what the assignee is looking for.
+    return sorted(notices, key=lambda n: n.at.timestamp() if n.at else 0, reverse=True)
 
 
 def my_items(user) -> list[Item]:
@@ -359,7 +360,8 @@ def item_skip(request: HttpRequest, item_id: int) -> HttpResponse:
     data = valid_data(SkipForm(request.POST))
 
     def skip() -> str:
-        skipped = services.item_skip(item_id=item.pk, actor=request.user, reason=data["reason"])
+        skipped = services.item_skip(item_id=item.pk, actor=request.user, reason=data["reason"],
+                                     expected_state=data["expected_state"])
         return f"Skipped #{skipped.position} “{skipped.title}”."
 
     return acted(request, run_once(request, skip))
@@ -374,7 +376,8 @@ def item_assign(request: HttpRequest, item_id: int) -> HttpResponse:
 
     def assign() -> str:
         assigned = push.item_assign(item_id=item.pk, actor=request.user,
-                                    assignee=data["assignee"])
+                                    assignee=data["assignee"],
+                                    expected_state=data["expected_state"])
         return (f"Assigned #{assigned.position} “{assigned.title}” to "
                 f"{data['assignee'].display_name}: their Claim next gets it first.")
 

@@ -186,6 +186,9 @@ def run_reassign(request: HttpRequest, run_id: int) -> HttpResponse:
     def reassign() -> str:
         count = push.run_reassign(run_id=run.pk, actor=request.user, reason=data["reason"],
                                   assignee=assignee, assigned_team=assigned_team)
+        if not count:
+            return (f"“{run.title}” is already with "
+                    f"{push.target_name(assignee, assigned_team)}: nothing changed.")
         if assignee is None and assigned_team is None:
             return f"“{run.title}” is back in the shared pool: {_items(count)} reassigned."
         return (f"Pushed “{run.title}” to {push.target_name(assignee, assigned_team)}: "

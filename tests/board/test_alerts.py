@@ -2,8 +2,10 @@
 the reading of an alert's labels in board.alerts."""
 
 import copy
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from accounts.access import grant_role
 from accounts.models import Role
@@ -168,15 +170,24 @@ def test_an_alert_that_fires_again_and_resolves_again_adds_a_second_resolution(
     assert kinds(run) == [CheckpointKind.LAUNCHED] + [CheckpointKind.ALERT_RESOLVED] * 2
 
 
-def test_an_alert_after_its_run_was_cancelled_launches_a_new_run(api_as, integration, manager,
-                                                                 runbook):
+def test_a_cancelled_alert_run_stays_cancelled_until_the_alert_fires_anew(
+    api_as, integration, manager, runbook
+):
     first = hook(api_as(integration), firing()).json()["launched"][0]["run"]
     assert api_as(manager).post(f"/runs/{first}/cancel", {"reason": "done by hand"}) \
         .status_code == 200
 
+    # Alertmanager repeats the same firing (same startsAt) every repeat interval.
+    repeat = hook(api_as(integration), firing())
     late = hook(api_as(integration), resolved(firing()))
-    again = hook(api_as(integration), firing())
+    anew = (timezone.now() + timedelta(minutes=5)).isoformat()
+    again = hook(api_as(integration), firing(startsAt=anew))
 
+    assert repeat.json()["ignored"] == [{
+        "fingerprint": FINGERPRINT, "alertname": "PostgresDown",
+        "reason": f"Its run {first} was cancelled after the alert started firing: it "
+                  "launches again only when the alert fires anew.",
+    }]
     assert late.json()["ignored"] == [{
         "fingerprint": FINGERPRINT, "alertname": "PostgresDown",
         "reason": "It resolved, and no open run was launched for it.",

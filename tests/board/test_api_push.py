@@ -354,7 +354,11 @@ def test_another_teams_manager_gets_404(api_as, make_user, other_team, pushable_
 
 
 @pytest.mark.parametrize("path, body", MANAGER_ENDPOINTS, ids=ENDPOINT_IDS)
-def test_a_manager_of_the_team_may_push(api_as, manager, pushable_run, path, body):
+def test_a_manager_of_the_team_may_push(api_as, manager, teammate, pushable_run, path, body):
+    if body.get("unassign"):  # back to the pool changes something only for a pushed run
+        from board.push import run_reassign
+
+        run_reassign(run_id=pushable_run.pk, actor=manager, reason="x", assignee=teammate)
     before = snapshot(pushable_run)
 
     response = _post(api_as(manager), path, body, pushable_run)
@@ -436,10 +440,11 @@ SAY_WHERE = ("Say where the run goes: exactly one of “user” (a username), �
     ({"user": "tia", "team": "ops", "reason": "x"}, SAY_WHERE),
     ({"user": "tia", "unassign": True, "reason": "x"}, SAY_WHERE),
     ({"unassign": False, "reason": "x"}, SAY_WHERE),
-    ({"user": "nobody", "reason": "x"}, "There is no user “nobody”."),
+    ({"user": "nobody", "reason": "x"},
+     "“nobody” is not staff on Ops: push to someone who works for the run's team."),
     ({"team": "payments", "reason": "x"}, "There is no team “payments” among your teams."),
     ({"user": "otto", "reason": "x"},
-     "otto is not staff on Ops: push the run to someone who works for its team."),
+     "“otto” is not staff on Ops: push to someone who works for the run's team."),
     ({"user": "tia"}, "Invalid request: “reason” is required."),
     ({"user": "tia", "reason": "  "}, "Say why you are pushing this run: a reason is required."),
     ({"unassign": "yes", "reason": "x"}, "Invalid request: “unassign”: input should be a valid "
@@ -606,7 +611,8 @@ def test_assign_pushes_one_item_to_a_person(api_as, manager, teammate, make_run)
 
 
 @pytest.mark.parametrize("body, detail", [
-    ({"user": "nobody"}, "There is no user “nobody”."),
+    ({"user": "nobody"}, "“nobody” is not staff on Ops: push to someone who works for the "
+                         "run's team."),
     ({"user": ""}, "Invalid request: “user”: string should have at least 1 character."),
     ({}, "Invalid request: “user” is required."),
 ])

@@ -401,3 +401,84 @@ def test_requeue_in_a_cancelled_run_is_refused(make_runbook, make_run, staff, ma
     with pytest.raises(NotAvailable, match="is cancelled: its items can no longer be requeued"):
         item_requeue(item_id=held.pk, actor=manager)
     assert items(run)[1].state == ItemState.STUCK
+
+
+# --- Found by trying it ---------------------------------------------------------------------
+
+
+def test_back_to_the_pool_takes_back_claims_of_the_team_the_run_was_pushed_to(
+    make_runbook, make_run, make_user, staff, manager, other_team
+):
+    from accounts.access import grant_role
+
+    grant_role(user=manager, team=other_team, role=Role.MANAGER)
+    payments_staff = make_user("pia", Role.STAFF, team="payments")
+    run = make_run(runbook=make_runbook(PARALLEL, filename="parallel.md"))
+    run_reassign(run_id=run.pk, actor=manager, reason="payments", assigned_team=other_team)
+    held = item_claim_next(actor=payments_staff)
+
+    run_reassign(run_id=run.pk, actor=manager, reason="ops again", assignee=None)
+
+    # Pia no longer sees the run: her claim goes back to the pool instead of hanging on.
+    assert Item.objects.get(pk=held.pk).holder_id is None
+    with pytest.raises(ClaimLost, match="pushed the run to the shared pool: “ops again”"):
+        item_complete(item_id=held.pk, token=held.token, actor=payments_staff)
+    assert item_claim_next(actor=staff).run_id == run.pk
+
+
+def test_pushing_a_run_to_whom_it_is_already_with_writes_nothing(
+    make_run, teammate, manager, django_capture_on_commit_callbacks
+):
+    teammate.email = "tia@example.org"
+    teammate.save()
+    run = make_run()
+    run_reassign(run_id=run.pk, actor=manager, reason="yours", assignee=teammate)
+    before = len(kinds(run, CheckpointKind.REASSIGNED))
+    mail.outbox.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        changed = run_reassign(run_id=run.pk, actor=manager, reason="again", assignee=teammate)
+
+    assert changed == 0
+    assert len(kinds(run, CheckpointKind.REASSIGNED)) == before
+    assert mail.outbox == []
+
+
+def test_a_cancelled_runs_items_can_be_neither_skipped_nor_claimed(make_runbook, make_run,
+                                                                   staff, manager):
+    run = make_run(runbook=make_runbook(PARALLEL, filename="parallel.md"))
+    run_cancel(run_id=run.pk, actor=manager, reason="false alarm")
+    first = items(run)[1]
+
+    with pytest.raises(NotAvailable, match="is cancelled: its items can no longer be skipped"):
+        item_skip(item_id=first.pk, actor=manager, reason="not needed")
+    with pytest.raises(NotAvailable, match="is cancelled: its items can no longer be claimed"):
+        item_claim(item=first, actor=staff)
+    assert states(run)[1] == ItemState.AVAILABLE
+
+
+def test_a_stuck_lane_form_from_before_a_requeue_does_not_take_the_new_claim(
+    make_runbook, make_run, staff, teammate, manager
+):
+    from board.services import item_requeue
+
+    run = make_run(runbook=make_runbook(ONE_STEP, filename="one.md"))
+    Run.objects.filter(pk=run.pk).update(max_attempts=1)
+    held = item_claim_next(actor=staff, run=run)
+    item_abandon(item_id=held.pk, token=held.token, actor=staff, reason="cannot")
+    item_requeue(item_id=held.pk, actor=manager)  # someone else, in another tab
+    again = item_claim_next(actor=staff, run=run)
+
+    with pytest.raises(NotAvailable, match="is claimed now, no longer stuck"):
+        item_assign(item_id=held.pk, actor=manager, assignee=teammate, expected_state="stuck")
+    with pytest.raises(NotAvailable, match="is claimed now, no longer stuck"):
+        item_skip(item_id=held.pk, actor=manager, reason="x", expected_state="stuck")
+    assert Item.objects.get(pk=held.pk).holder_id == staff.pk
+    item_complete(item_id=held.pk, token=again.token, actor=staff)
+
+
+def test_an_incident_reference_is_one_whatever_its_case(make_runbook, manager):
+    runbook = make_runbook()
+    first, _ = run_launch_once(runbook=runbook, title="x", ref="INC-900", actor=manager)
+    again, launched = run_launch_once(runbook=runbook, title="x", ref="inc-900", actor=manager)
+    assert (again.pk, launched) == (first.pk, False)

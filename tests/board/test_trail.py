@@ -10,7 +10,7 @@ import time_machine
 from django.http import HttpResponse
 from django.utils import timezone
 
-from board.models import CheckpointKind
+from board.models import Checkpoint, CheckpointKind
 from board.services import (
     checkpoint_append,
     item_abandon,
@@ -31,7 +31,7 @@ title: Two steps
 2. Snapshot the primary
 """
 
-HEADER = "run,seq,time,kind,item_position,item_title,actor,token,reason"
+HEADER = "run,seq,time,kind,item_position,item_title,actor,token,reason,data"
 
 
 @pytest.fixture
@@ -60,22 +60,28 @@ def new_york(settings):
 
 
 def expected_rows(run) -> list[dict]:
+    launched = Checkpoint.objects.get(run=run, kind=CheckpointKind.LAUNCHED).data
+    assert launched["runbook"] == run.runbook.slug and launched["mode"] == "pull"
+    second = run.items.get(position=2).pk  # unlocked by completing the first
     return [
         {"run": run.pk, "seq": 1, "time": "2026-12-03T19:04:05.123456+00:00",
          "kind": "launched", "item_position": None, "item_title": "", "actor": "maya",
-         "token": None, "reason": ""},
+         "token": None, "reason": "", "data": launched},
         {"run": run.pk, "seq": 2, "time": "2026-12-03T19:05:05.123456+00:00",
          "kind": "claimed", "item_position": 1, "item_title": 'Freeze writes, then "wait"',
-         "actor": "sam", "token": 1, "reason": ""},
+         "actor": "sam", "token": 1, "reason": "",
+         "data": {"lease_expires_at": "2026-12-03T19:20:05.123456+00:00"}},
         {"run": run.pk, "seq": 3, "time": "2026-12-03T19:06:05.123456+00:00",
          "kind": "abandoned", "item_position": 1, "item_title": 'Freeze writes, then "wait"',
-         "actor": "sam", "token": 1, "reason": 'wrong host, "db-2"\nretrying'},
+         "actor": "sam", "token": 1, "reason": 'wrong host, "db-2"\nretrying',
+         "data": {"attempts": 1}},
         {"run": run.pk, "seq": 4, "time": "2026-12-03T19:07:05.123456+00:00",
          "kind": "claimed", "item_position": 1, "item_title": 'Freeze writes, then "wait"',
-         "actor": "tia", "token": 2, "reason": ""},
+         "actor": "tia", "token": 2, "reason": "",
+         "data": {"lease_expires_at": "2026-12-03T19:22:05.123456+00:00"}},
         {"run": run.pk, "seq": 5, "time": "2026-12-03T19:08:05.000000+00:00",
          "kind": "completed", "item_position": 1, "item_title": 'Freeze writes, then "wait"',
-         "actor": "tia", "token": 2, "reason": ""},
+         "actor": "tia", "token": 2, "reason": "", "data": {"unlocked": [second]}},
     ]
 
 
@@ -94,16 +100,22 @@ def test_csv_export_has_header_and_one_row_per_checkpoint(worked_run, new_york):
     trail_export(run=worked_run, fmt="csv", out=out)
 
     r = worked_run.pk
-    assert out.getvalue() == "\r\n".join([
+    lines = out.getvalue().split("\r\n")
+    launched = json.dumps(Checkpoint.objects.get(run=worked_run, kind="launched").data,
+                          sort_keys=True).replace('"', '""')
+    assert lines == [
         HEADER,
-        f"{r},1,2026-12-03T19:04:05.123456+00:00,launched,,,maya,,",
-        f'{r},2,2026-12-03T19:05:05.123456+00:00,claimed,1,"Freeze writes, then ""wait""",sam,1,',
+        f'{r},1,2026-12-03T19:04:05.123456+00:00,launched,,,maya,,,"{launched}"',
+        f'{r},2,2026-12-03T19:05:05.123456+00:00,claimed,1,"Freeze writes, then ""wait""",sam,1,,'
+        '"{""lease_expires_at"": ""2026-12-03T19:20:05.123456+00:00""}"',
         f'{r},3,2026-12-03T19:06:05.123456+00:00,abandoned,1,"Freeze writes, then ""wait""",sam,1,'
-        '"wrong host, ""db-2""\nretrying"',
-        f'{r},4,2026-12-03T19:07:05.123456+00:00,claimed,1,"Freeze writes, then ""wait""",tia,2,',
-        f'{r},5,2026-12-03T19:08:05.000000+00:00,completed,1,"Freeze writes, then ""wait""",tia,2,',
+        '"wrong host, ""db-2""\nretrying","{""attempts"": 1}"',
+        f'{r},4,2026-12-03T19:07:05.123456+00:00,claimed,1,"Freeze writes, then ""wait""",tia,2,,'
+        '"{""lease_expires_at"": ""2026-12-03T19:22:05.123456+00:00""}"',
+        f'{r},5,2026-12-03T19:08:05.000000+00:00,completed,1,"Freeze writes, then ""wait""",tia,2,,'
+        f'"{{""unlocked"": [{worked_run.items.get(position=2).pk}]}}"',
         "",
-    ])
+    ]
     parsed = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
     assert [row["reason"] for row in parsed][2] == 'wrong host, "db-2"\nretrying'
 

@@ -445,7 +445,8 @@ def test_board_shows_the_push_and_tells_the_assignee_at_the_next_poll(
     assert poll.lstrip().startswith('<section id="runs"')
     notice = poll[poll.index('id="pushed-to-me"'):poll.index("</ul>")]
     assert "Pushed to you" in notice
-    assert "maya" in notice and "INC-1 primary down" in notice and f"“{REASON}”" in notice
+    assert "maya" in notice and "INC-1 primary down" in notice
+    assert f"“<bdi>{REASON}</bdi>”" in notice
     assert "Pushed to tia" in poll  # the run's badge
 
     others = as_user(staff).get(reverse("board:board")).content.decode()
@@ -519,7 +520,7 @@ def test_restart_resets_the_items_and_the_run_page_marks_it(as_user, manager, st
     assert len({cp.data["restart"] for cp in resets}) == 1
     assert {cp.data["from_position"] for cp in resets} == {2}
     page = page_of(client, run)
-    marker = page.index("Restarted from step 2 by maya: the snapshot was bad")
+    marker = page.index("Restarted from step 2 by maya: <bdi>the snapshot was bad</bdi>")
     first_reset = page.index("kind-reset")
     assert page.index("kind-completed") < marker < first_reset
     assert f"({len(resets)} items reset)" in page
@@ -536,7 +537,9 @@ def test_two_restarts_each_get_a_marker_before_their_resets(as_user, manager, st
     page = page_of(client, run)
 
     body = page[page.index('<tbody>'):]
-    rows = re.findall(r'Restarted from step 1 by maya: (\w+ try)|kind-(reset|completed)"', body)
+    rows = re.findall(
+        r'Restarted from step 1 by maya: <bdi>(\w+ try)</bdi>|kind-(reset|completed)"', body
+    )
     sequence = [reason or kind for reason, kind in rows]
     first, second = sequence.index("first try"), sequence.index("second try")
     assert sequence[first + 1] == "reset" and sequence[second + 1] == "reset"

@@ -264,7 +264,10 @@ def verify(target: Target, claims: list[tuple[int, int, int]]) -> list[str]:
 
 # --- Clients --------------------------------------------------------------------------------
 
-PG_FLOOR = """
+# The shared pool: available items pushed to no one, what the product's item_pool index holds
+# (the same index serves the floor and the naive loops, as it serves the product).
+SHARED_POOL = "assignee_id IS NULL AND assigned_team_id IS NULL"
+PG_FLOOR = f"""
 WITH c AS (
     UPDATE board_item AS i
     SET state = 'claimed', holder_id = %(user)s, token = i.token + 1, claimed_at = now(),
@@ -272,7 +275,7 @@ WITH c AS (
     FROM board_run r
     WHERE r.id = i.run_id AND i.id = (
         SELECT id FROM board_item
-        WHERE run_id = %(run)s AND state = 'available'
+        WHERE run_id = %(run)s AND state = 'available' AND {SHARED_POOL}
         ORDER BY position LIMIT 1
         FOR UPDATE SKIP LOCKED
     )
@@ -285,8 +288,9 @@ SELECT c.run_id, c.id, 'claimed', now(), %(user)s, %(name)s, c.token, '',
 FROM c
 RETURNING item_id, token
 """
-PG_NAIVE_READ = """
-SELECT id FROM board_item WHERE run_id = %s AND state = 'available' ORDER BY position LIMIT 1
+PG_NAIVE_READ = f"""
+SELECT id FROM board_item WHERE run_id = %s AND state = 'available' AND {SHARED_POOL}
+ORDER BY position LIMIT 1
 """
 PG_NAIVE_UPDATE = """
 UPDATE board_item SET state = 'claimed', holder_id = %s, token = token + 1, claimed_at = now(),
@@ -299,15 +303,16 @@ INSERT INTO board_checkpoint (run_id, item_id, kind, at, actor_id, actor_name, t
                               data)
 VALUES (%s, %s, 'claimed', now(), %s, %s, %s, '', %s)
 """
-SQLITE_FLOOR = """
+SQLITE_FLOOR = f"""
 UPDATE board_item SET state = 'claimed', holder_id = ?, token = token + 1, claimed_at = ?,
     lease_expires_at = ?
 WHERE id = (SELECT id FROM board_item WHERE run_id = ? AND state = 'available'
-            ORDER BY position LIMIT 1)
+            AND {SHARED_POOL} ORDER BY position LIMIT 1)
 RETURNING id, token
 """
-SQLITE_NAIVE_READ = """
-SELECT id FROM board_item WHERE run_id = ? AND state = 'available' ORDER BY position LIMIT 1
+SQLITE_NAIVE_READ = f"""
+SELECT id FROM board_item WHERE run_id = ? AND state = 'available' AND {SHARED_POOL}
+ORDER BY position LIMIT 1
 """
 SQLITE_NAIVE_UPDATE = """
 UPDATE board_item SET state = 'claimed', holder_id = ?, token = token + 1, claimed_at = ?,
@@ -430,7 +435,8 @@ class NaiveOrmClaimer(Claimer):
         from board.models import Checkpoint, CheckpointKind, Item, ItemState
 
         while True:
-            item_id = (Item.objects.filter(run_id=self.run_id, state=ItemState.AVAILABLE)
+            item_id = (Item.objects.filter(run_id=self.run_id, state=ItemState.AVAILABLE,
+                                           assignee=None, assigned_team=None)
                        .order_by("position").values_list("pk", flat=True).first())
             if item_id is None:
                 return None
@@ -688,8 +694,8 @@ def _tokens_in_django(env: dict[str, str], users: dict[int, int], result: mp.Que
 
 def api_available(target: Target) -> str | None:
     """Why the API cannot be measured, or None when it can."""
-    if not (REPO / "board" / "api.py").exists():
-        return "board/api.py does not exist"
+    if not (REPO / "board" / "api").is_dir():
+        return "board/api does not exist"
     urls = (REPO / "config" / "urls.py").read_text()
     if "api" not in urls:
         return "config/urls.py does not route /api/"

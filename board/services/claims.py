@@ -95,7 +95,8 @@ def _wip_refusal(*, actor: User, held: int, team_ids: list[int], run_id: int | N
 # conditional UPDATE ... RETURNING, then the checkpoint's INSERT. The item is the first item
 # pushed to the claimant (in person, then to one of their teams: two lookups, one down each
 # of item_assigned and item_team_assigned, as an OR would walk the run's every item; the
-# unary + keeps SQLite from walking the run's items for the run filter instead), else
+# unary + keeps SQLite from walking the run's items for the run filter instead; two EXISTS
+# probes skip that part when nothing is pushed to the claimant, as is usual), else
 # the first of the shared pool, found run by run (one step down item_pool each).
 _SQLITE_CLAIM_SQL = """
     UPDATE board_item
@@ -105,7 +106,12 @@ _SQLITE_CLAIM_SQL = """
                         ELSE django_format_dtdelta('+', :now, r.lease_duration) END
             FROM board_run r WHERE r.id = board_item.run_id
         )
-    WHERE id = COALESCE((
+    WHERE id = COALESCE(CASE WHEN EXISTS (
+            SELECT 1 FROM board_item WHERE state = 'available' AND assignee_id = :holder
+        ) OR EXISTS (
+            SELECT 1 FROM board_item
+            WHERE state = 'available' AND assigned_team_id IN ({teams})
+        ) THEN (
         SELECT p.id FROM (
             SELECT id, +run_id AS run_id, position, 0 AS anyone FROM board_item
             WHERE state = 'available' AND assignee_id = :holder {pushed_filter}
@@ -119,7 +125,7 @@ _SQLITE_CLAIM_SQL = """
               < COALESCE(cr.wip_limit, :default_wip)
         ORDER BY p.anyone, cr.severity, cr.launched_at, cr.id, p.position
         LIMIT 1
-    ), (
+    ) END, (
         SELECT x.id FROM (
             SELECT (
                 SELECT ci.id FROM board_item ci

@@ -703,13 +703,15 @@ def api_available(target: Target) -> str | None:
 
 
 class Gunicorn:
-    def __init__(self, target: Target, workers: int):
+    def __init__(self, target: Target, workers: int, threads: int = 1):
         self.port = _free_port()
         self.log = open(target.var_dir / "gunicorn.log", "w")  # noqa: SIM115 - closed in stop
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "config.wsgi:application",
              "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-             "--worker-class", "sync", "--keep-alive", "75", "--backlog", "2048",
+             *(["--worker-class", "gthread", "--threads", str(threads)] if threads > 1
+               else ["--worker-class", "sync"]),
+             "--keep-alive", "75", "--backlog", "2048",
              "--log-level", "warning"],
             cwd=REPO, env={**os.environ, **target.env()}, stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -791,7 +793,7 @@ def bench_http(target: Target, fleet: Fleet, args: argparse.Namespace) -> list[R
     if missing is not None:
         print(f"{target.vendor:10} (d) http: API not available ({missing})")
         return []
-    server = Gunicorn(target, args.gunicorn_workers)
+    server = Gunicorn(target, args.gunicorn_workers, args.gunicorn_threads)
     results = []
     try:
         for _ in range(args.repeat):
@@ -933,6 +935,9 @@ def main() -> None:
     parser.add_argument("--http-clients", type=int, default=16)
     parser.add_argument("--http-sqlite", action="store_true",
                         help="also measure (d) on SQLite (default: PostgreSQL only)")
+    parser.add_argument("--gunicorn-threads", type=int, default=1,
+                        help="threads per worker for (d): more than 1 runs gthread workers, "
+                             "which keep connections alive (default 1: sync workers)")
     parser.add_argument("--gunicorn-workers", type=int, default=5,
                         help="sync workers for (d) (default 5: 2 x cores + 1 on 2 cores)")
     parser.add_argument("--broker-url", default=os.environ.get("CELERY_BROKER_URL", ""),

@@ -9,7 +9,6 @@ from django.utils import timezone
 
 from accounts.access import grant_role
 from accounts.models import Role
-from accounts.services import api_token_create
 from board.alerts import (
     AlertIn,
     AlertmanagerWebhook,
@@ -20,7 +19,7 @@ from board.alerts import (
     alertmanager_dispatch,
 )
 from board.models import Checkpoint, CheckpointKind, IdempotencyKey, Run, RunState
-from tests.board.test_api_push import ApiClient
+from tests.board.conftest import ApiClient
 from tests.board.test_concurrency import in_threads
 
 HOOK = "/hooks/alertmanager"
@@ -91,14 +90,6 @@ def hook(client: ApiClient, payload):
 def kinds(run) -> list[str]:
     return list(Checkpoint.objects.filter(run=run).order_by("id").values_list("kind", flat=True))
 
-
-@pytest.fixture
-def api_as(client):
-    def login(user) -> ApiClient:
-        _, token = api_token_create(user=user, name="alertmanager")
-        return ApiClient(client, token)
-
-    return login
 
 
 @pytest.fixture

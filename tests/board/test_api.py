@@ -1,7 +1,5 @@
 """The staff JSON API under /api/v1/: every endpoint, every error status with its message."""
 
-import json
-import uuid
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -14,8 +12,7 @@ from accounts.models import Role
 from accounts.services import api_token_create
 from board.models import Checkpoint, CheckpointKind, IdempotencyKey, Item, ItemState
 from board.services import item_abandon, item_claim_next, item_complete, item_expire
-
-NEW_KEY = object()
+from tests.board.conftest import ApiClient
 
 PARALLEL = (
     "---\nflow: parallel\n---\n# Cache flush\n\n"
@@ -23,35 +20,7 @@ PARALLEL = (
 )
 
 
-class ApiClient:
-    """The test client speaking to /api/v1/ with a bearer token (or none)."""
 
-    def __init__(self, client: Client, token: str | None) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def post(self, path: str, body=None, *, key=NEW_KEY, headers: dict | None = None,
-             raw: str | None = None):
-        headers = {**self.headers, **(headers or {})}
-        if key is NEW_KEY:
-            key = str(uuid.uuid4())
-        if key is not None:
-            headers["Idempotency-Key"] = key
-        data = raw if raw is not None else (json.dumps(body) if body is not None else "")
-        return self.client.post(f"/api/v1{path}", data=data, content_type="application/json",
-                                headers=headers)
-
-    def get(self, path: str):
-        return self.client.get(f"/api/v1{path}", headers=self.headers)
-
-
-@pytest.fixture
-def api_as(client):
-    def login(user) -> ApiClient:
-        _, token = api_token_create(user=user, name="test")
-        return ApiClient(client, token)
-
-    return login
 
 
 @pytest.fixture

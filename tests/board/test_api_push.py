@@ -1,19 +1,14 @@
 """The API's launch and push endpoints: POST /runs, GET /runs, a manager's reassign, restart
 and cancel of a run, requeue, skip and assign of an item, and who may call them."""
 
-import json
-import uuid
 
 import pytest
-from django.test import Client
 
 from accounts.access import grant_role
 from accounts.models import Role
-from accounts.services import api_token_create
 from board.models import Checkpoint, CheckpointKind, IdempotencyKey, Item, ItemState, Run
 from board.services import item_abandon, item_claim_next, item_complete
-
-NEW_KEY = object()
+from tests.board.conftest import ApiClient
 
 PARALLEL = (
     "---\nflow: parallel\n---\n# Cache flush\n\n"
@@ -21,34 +16,7 @@ PARALLEL = (
 )
 
 
-class ApiClient:
-    """The test client speaking to /api/v1/ with a bearer token (or none)."""
 
-    def __init__(self, client: Client, token: str | None) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def post(self, path: str, body=None, *, key=NEW_KEY, raw: str | None = None):
-        headers = dict(self.headers)
-        if key is NEW_KEY:
-            key = str(uuid.uuid4())
-        if key is not None:
-            headers["Idempotency-Key"] = key
-        data = raw if raw is not None else (json.dumps(body) if body is not None else "")
-        return self.client.post(f"/api/v1{path}", data=data, content_type="application/json",
-                                headers=headers)
-
-    def get(self, path: str):
-        return self.client.get(f"/api/v1{path}", headers=self.headers)
-
-
-@pytest.fixture
-def api_as(client):
-    def login(user) -> ApiClient:
-        _, token = api_token_create(user=user, name="test")
-        return ApiClient(client, token)
-
-    return login
 
 
 @pytest.fixture

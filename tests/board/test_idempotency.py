@@ -19,7 +19,7 @@ from board import services
 from board.models import Checkpoint, CheckpointKind, IdempotencyKey, Item, ItemState
 from board.services import item_claim_next
 from board.tasks import purge_idempotency_keys
-from tests.board.test_api import ApiClient
+from tests.board.conftest import ApiClient
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 KEY_FIELD = re.compile(r'name="idempotency_key" value="([0-9a-f-]{36})"')

@@ -4,9 +4,10 @@ Transitions are compare-and-set statements (`filter(state=…, token=…).update
 conditional UPDATE for claims) followed by exactly one checkpoint in the same transaction, so
 the board and its trail never disagree. Celery timers are enqueued only after commit.
 
-One module per part of the story: checkpoints (the trail's writer), launch, claims, holder
-(complete, abandon, extend, the lease timer), sweep, stuck_lane; board.push has the managers'
-push, restart and cancel. Callers import from here.
+One module per part of the story: checkpoints (the trail's writer), launch, assignment (whom
+a push may go to, and the email), claims, holder (complete, abandon, extend, the lease
+timer), sweep, stuck_lane; board.push has the managers' push, restart and cancel. Callers
+import from here.
 """
 
 from board.services.checkpoints import CLI_ACTOR, TIMER_ACTOR, checkpoint_append

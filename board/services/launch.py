@@ -16,6 +16,7 @@ from board.models import (
     RunMode,
     RunState,
 )
+from board.services.assignment import assignment_check, notify_assignment
 from board.services.checkpoints import checkpoint_append
 from checklists.models import Runbook
 
@@ -87,8 +88,6 @@ def run_launch_once(
             existing = Run.objects.filter(launch_key=key, state=RunState.ACTIVE).first()
             if existing is not None:
                 return existing, False
-        from board.push import assignment_check
-
         assignment_check(team=team, assignee=assignee, assigned_team=assigned_team, actor=actor)
         try:
             # A savepoint: two launches of one incident at once meet at the unique index
@@ -129,8 +128,6 @@ def run_launch_once(
             },
         )
     if assignee or assigned_team:
-        from board.push import notify_assignment
-
         notify_assignment(run=run, actor=actor, reason="", launched=True)
     return run, True
 
